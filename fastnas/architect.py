@@ -1,0 +1,140 @@
+"""The architecture step of DARTS' bi-level optimization.
+
+First order: ``grad_a L_val(w, a)``.
+
+Second order (the unrolled step). With ``xi`` the current weight learning rate, ``m`` the SGD
+momentum, ``buf`` its momentum buffer and ``wd`` the weight decay, the virtual weights are
+
+    w' = w - xi * (m * buf + grad_w L_train(w, a) + wd * w)
+
+and the architecture gradient is
+
+    grad_a L_val(w', a) - xi * H v,   v = grad_w' L_val(w', a),   H v = grad^2_{a,w} L_train(w, a) v
+
+with the Hessian-vector product by central finite differences around ``w``:
+
+    H v ~= (grad_a L_train(w + R v, a) - grad_a L_train(w - R v, a)) / (2 R),  R = r / ||v||.
+
+No copy of the model is made: the virtual and perturbed weights are plain tensors passed to the
+model through ``torch.func.functional_call``, and BatchNorm running statistics are left untouched
+by those extra passes (they see copies of the buffers).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+
+class Architect:
+    """Computes and applies the architecture gradient for a supernet.
+
+    The supernet must provide ``alphas()`` (list of parameters) and ``named_weights()``.
+    ``autocast`` is a zero-argument callable returning the context the forward passes run in
+    (mixed precision); the finite-difference arithmetic itself is always done in fp32 or wider.
+    """
+
+    def __init__(self, model: nn.Module, lr: float, betas=(0.5, 0.999), weight_decay: float = 1e-3,
+                 order: int = 1, momentum: float = 0.9, network_weight_decay: float = 3e-4,
+                 hessian_r: float = 0.01, autocast: Optional[Callable] = None):
+        self.model = model
+        self.order = order
+        self.momentum = momentum
+        self.network_weight_decay = network_weight_decay
+        self.hessian_r = hessian_r
+        self.autocast = autocast or contextlib.nullcontext
+        self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas,
+                                          weight_decay=weight_decay)
+
+    # -- losses -------------------------------------------------------------------------------
+    def _forward(self, x, weights: Optional[Dict[str, torch.Tensor]] = None):
+        if weights is None:
+            with self.autocast():
+                return self.model(x)
+        state = dict(weights)
+        for name, buf in self.model.named_buffers():
+            state[name] = buf.clone()
+        with self.autocast():
+            return functional_call(self.model, state, (x,))
+
+    def loss(self, x, y, weights=None):
+        logits = self._forward(x, weights)
+        return F.cross_entropy(logits.float(), y), logits
+
+    # -- the step -----------------------------------------------------------------------------
+    def step(self, train_batch, val_batch, xi: float, weight_optimizer: torch.optim.Optimizer):
+        """One Adam step on the alphas; returns ``(val_loss, val_logits)`` of the minimized loss."""
+        alphas = self.model.alphas()
+        if self.order == 1:
+            loss, logits = self.loss(*val_batch)
+            grads = torch.autograd.grad(loss, alphas)
+        else:
+            grads, loss, logits = self.unrolled_gradient(train_batch, val_batch, xi,
+                                                         weight_optimizer)
+        for a, g in zip(alphas, grads):
+            a.grad = g.detach().to(a.dtype)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), logits.detach()
+
+    def virtual_weights(self, train_batch, xi: float, weight_optimizer) -> Dict[str, torch.Tensor]:
+        """``w' = w - xi * (m * buf + grad_w L_train(w, a) + wd * w)`` as detached tensors."""
+        names, weights = zip(*self.model.named_weights())
+        loss, _ = self.loss(*train_batch)
+        grads = torch.autograd.grad(loss, weights, allow_unused=True)
+        out = {}
+        for name, param, g in zip(names, weights, grads):
+            w = param.detach()
+            d = self.network_weight_decay * w
+            if g is not None:
+                d = d + g.detach()
+            buf = weight_optimizer.state.get(param, {}).get("momentum_buffer")
+            if buf is not None:
+                d = d + self.momentum * buf
+            out[name] = w - xi * d
+        return out
+
+    def unrolled_gradient(self, train_batch, val_batch, xi: float, weight_optimizer):
+        """``grad_a L_val(w', a) - xi * H v``; returns ``(grads, val_loss, val_logits)``."""
+        alphas = self.model.alphas()
+        virtual = self.virtual_weights(train_batch, xi, weight_optimizer)
+        virtual = {n: w.requires_grad_() for n, w in virtual.items()}
+        loss, logits = self.loss(*val_batch, weights=virtual)
+        grads = torch.autograd.grad(loss, list(alphas) + list(virtual.values()), allow_unused=True)
+        d_alpha = [_zero_if_none(g, a) for g, a in zip(grads[:len(alphas)], alphas)]
+        vector = [_zero_if_none(g, w) for g, w in zip(grads[len(alphas):], virtual.values())]
+        hv = self.hessian_vector_product(vector, train_batch)
+        return [da - xi * h for da, h in zip(d_alpha, hv)], loss, logits
+
+    def hessian_vector_product(self, vector: Sequence[torch.Tensor], train_batch,
+                               r: Optional[float] = None) -> List[torch.Tensor]:
+        """``grad^2_{a,w} L_train(w, a) v`` by central differences with ``R = r / ||v||``."""
+        r = self.hessian_r if r is None else r
+        names, weights = zip(*self.model.named_weights())
+        norm = torch.sqrt(sum((v.double() ** 2).sum() for v in vector))
+        if norm == 0:
+            return [torch.zeros_like(a) for a in self.model.alphas()]
+        R = (r / norm).item()
+        alphas = self.model.alphas()
+
+        def grad_at(sign):
+            shifted = {n: w.detach() + sign * R * v for n, w, v in zip(names, weights, vector)}
+            loss, _ = self.loss(*train_batch, weights=shifted)
+            return torch.autograd.grad(loss, alphas)
+
+        plus, minus = grad_at(1.0), grad_at(-1.0)
+        return [(p - m) / (2 * R) for p, m in zip(plus, minus)]
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state)
+
+
+def _zero_if_none(g, like):
+    return torch.zeros_like(like) if g is None else g

@@ -1,0 +1,306 @@
+"""Discrete cell architectures (genotypes): a value type, a safe parser, JSON, and published cells.
+
+A genotype lists, for the normal and the reduction cell, two ``(op, input)`` pairs per
+intermediate node. Node ``i`` (0-based) may read the two cell inputs (indices 0 and 1) or any
+earlier node (indices ``2 .. i + 1``); ``*_concat`` lists the states concatenated as the cell's
+output. Text is parsed by a small tokenizer and never evaluated.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable, List, Sequence, Tuple
+
+from .ops import OPS
+
+Edge = Tuple[str, int]
+
+_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+
+
+def _check_cell(kind: str, edges: Sequence[Edge], concat: Sequence[int]) -> None:
+    if len(edges) == 0 or len(edges) % 2:
+        raise ValueError(f"{kind}: a cell needs two (op, input) pairs per node, got {len(edges)} pairs")
+    for position, (op, index) in enumerate(edges):
+        node = position // 2
+        if op not in OPS:
+            raise ValueError(f"{kind}: unknown operation {op!r} on node {node}; "
+                             f"known: {', '.join(sorted(OPS))}")
+        if not 0 <= index <= node + 1:
+            raise ValueError(f"{kind}: node {node} cannot take input {index} "
+                             f"(allowed 0..{node + 1}: the two cell inputs and earlier nodes)")
+    num_states = len(edges) // 2 + 2
+    if len(concat) == 0:
+        raise ValueError(f"{kind}_concat: empty; the cell needs at least one output state")
+    for index in concat:
+        if not 0 <= index < num_states:
+            raise ValueError(f"{kind}_concat: state {index} does not exist "
+                             f"(the cell has states 0..{num_states - 1})")
+    if len(set(concat)) != len(concat):
+        raise ValueError(f"{kind}_concat: repeated state in {list(concat)}")
+
+
+def _as_edges(kind: str, edges: Iterable) -> Tuple[Edge, ...]:
+    out = []
+    for item in edges:
+        try:
+            op, index = item
+        except (TypeError, ValueError):
+            raise ValueError(f"{kind}: expected (op, input) pairs, got {item!r}") from None
+        if not isinstance(op, str):
+            raise ValueError(f"{kind}: operation names are strings, got {op!r}")
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise ValueError(f"{kind}: input indices are integers, got {index!r}")
+        out.append((op, index))
+    return tuple(out)
+
+
+def _as_ints(kind: str, values: Iterable) -> Tuple[int, ...]:
+    try:
+        out = tuple(values)
+    except TypeError:
+        raise ValueError(f"{kind}: expected a list of state indices, got {values!r}") from None
+    for v in out:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{kind}: state indices are integers, got {v!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A searched (or published) pair of cells; immutable, hashable, compared by value."""
+
+    normal: Tuple[Edge, ...]
+    normal_concat: Tuple[int, ...]
+    reduce: Tuple[Edge, ...]
+    reduce_concat: Tuple[int, ...]
+
+    def __post_init__(self):
+        for kind in ("normal", "reduce"):
+            edges = _as_edges(kind, getattr(self, kind))
+            concat = _as_ints(f"{kind}_concat", getattr(self, f"{kind}_concat"))
+            _check_cell(kind, edges, concat)
+            object.__setattr__(self, kind, edges)
+            object.__setattr__(self, f"{kind}_concat", concat)
+
+    # -- text ---------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        def edges(es):
+            return "[" + ", ".join(f"({op!r}, {i})" for op, i in es) + "]"
+
+        return (f"Genotype(normal={edges(self.normal)}, normal_concat={list(self.normal_concat)}, "
+                f"reduce={edges(self.reduce)}, reduce_concat={list(self.reduce_concat)})")
+
+    __repr__ = __str__
+
+    @classmethod
+    def parse(cls, text: str) -> "Genotype":
+        """Parse ``str(genotype)`` or the DARTS code's printed form (``range(a, b)`` concat).
+
+        Raises ValueError naming what is wrong; never evaluates the text.
+        """
+        if not isinstance(text, str):
+            raise ValueError(f"genotype text must be a string, got {type(text).__name__}")
+        return cls(**_Parser(text).genotype())
+
+    # -- JSON ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {
+            "normal": [[op, i] for op, i in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [[op, i] for op, i in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Genotype":
+        if not isinstance(data, dict):
+            raise ValueError(f"genotype JSON must be an object, got {type(data).__name__}")
+        missing = [f for f in _FIELDS if f not in data]
+        extra = sorted(set(data) - set(_FIELDS))
+        if missing or extra:
+            raise ValueError(f"genotype JSON: missing fields {missing}, unknown fields {extra}")
+        return cls(**{f: data[f] for f in _FIELDS})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "Genotype":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"genotype JSON does not parse: {e}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str) -> None:
+        """Write JSON atomically (temp file, then rename)."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Genotype":
+        """Read a genotype file: JSON, or the printed ``Genotype(...)`` text."""
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if text.lstrip().startswith("{"):
+            return cls.from_json(text)
+        return cls.parse(text)
+
+    @property
+    def num_nodes(self) -> int:
+        return len(self.normal) // 2
+
+
+class _Parser:
+    """Recursive descent over the tokens of ``Genotype(field=value, ...)``."""
+
+    _TOKEN = re.compile(r"\s*(?:(?P<name>[A-Za-z_]\w*)|(?P<int>-?\d+)"
+                        r"|(?P<str>'[^'\\]*'|\"[^\"\\]*\")|(?P<punct>[()\[\],=]))")
+
+    def __init__(self, text: str):
+        self.tokens: List[Tuple[str, str]] = []
+        pos = 0
+        text = text.strip()
+        while pos < len(text):
+            m = self._TOKEN.match(text, pos)
+            if not m or m.end() == pos:
+                raise ValueError(f"genotype text: unexpected character {text[pos]!r} at {pos}")
+            kind = m.lastgroup
+            self.tokens.append((kind, m.group(kind)))
+            pos = m.end()
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+        self.i = 0
+
+    def _peek(self):
+        return self.tokens[self.i] if self.i < len(self.tokens) else ("end", "")
+
+    def _take(self, kind, value=None):
+        tok = self._peek()
+        if tok[0] != kind or (value is not None and tok[1] != value):
+            want = value if value is not None else kind
+            got = tok[1] if tok[0] != "end" else "end of text"
+            raise ValueError(f"genotype text: expected {want!r}, got {got!r}")
+        self.i += 1
+        return tok[1]
+
+    def genotype(self) -> dict:
+        self._take("name", "Genotype")
+        self._take("punct", "(")
+        fields = {}
+        while self._peek() != ("punct", ")"):
+            name = self._take("name")
+            if name not in _FIELDS:
+                raise ValueError(f"genotype text: unknown field {name!r}")
+            if name in fields:
+                raise ValueError(f"genotype text: field {name!r} given twice")
+            self._take("punct", "=")
+            fields[name] = self._edges() if name in ("normal", "reduce") else self._concat()
+            if self._peek() == ("punct", ","):
+                self.i += 1
+            elif self._peek() != ("punct", ")"):
+                self._take("punct", ",")
+        self._take("punct", ")")
+        if self._peek()[0] != "end":
+            raise ValueError(f"genotype text: trailing text after ')': {self._peek()[1]!r}")
+        missing = [f for f in _FIELDS if f not in fields]
+        if missing:
+            raise ValueError(f"genotype text: missing fields {missing}")
+        return fields
+
+    def _list(self, item):
+        self._take("punct", "[")
+        out = []
+        while self._peek() != ("punct", "]"):
+            out.append(item())
+            if self._peek() == ("punct", ","):
+                self.i += 1
+            elif self._peek() != ("punct", "]"):
+                self._take("punct", ",")
+        self._take("punct", "]")
+        return out
+
+    def _int(self):
+        return int(self._take("int"))
+
+    def _edge(self):
+        self._take("punct", "(")
+        op = self._take("str")[1:-1]
+        self._take("punct", ",")
+        index = self._int()
+        if self._peek() == ("punct", ","):
+            self.i += 1
+        self._take("punct", ")")
+        return (op, index)
+
+    def _edges(self):
+        return self._list(self._edge)
+
+    def _concat(self):
+        if self._peek() == ("name", "range"):
+            self.i += 1
+            self._take("punct", "(")
+            start = self._int()
+            self._take("punct", ",")
+            stop = self._int()
+            self._take("punct", ")")
+            return list(range(start, stop))
+        return self._list(self._int)
+
+
+DARTS_V1 = Genotype(
+    normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
+            ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+DARTS_V2 = Genotype(
+    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
+    normal_concat=[2, 3, 4, 5],
+    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
+            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
+    reduce_concat=[2, 3, 4, 5],
+)
+
+DARTS = DARTS_V2
+
+NASNet = Genotype(
+    normal=[("sep_conv_5x5", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 0), ("sep_conv_3x3", 0),
+            ("avg_pool_3x3", 1), ("skip_connect", 0), ("avg_pool_3x3", 0), ("avg_pool_3x3", 0),
+            ("sep_conv_3x3", 1), ("skip_connect", 1)],
+    normal_concat=[2, 3, 4, 5, 6],
+    reduce=[("sep_conv_5x5", 1), ("sep_conv_7x7", 0), ("max_pool_3x3", 1), ("sep_conv_7x7", 0),
+            ("avg_pool_3x3", 1), ("sep_conv_5x5", 0), ("skip_connect", 3), ("avg_pool_3x3", 2),
+            ("sep_conv_3x3", 2), ("max_pool_3x3", 1)],
+    reduce_concat=[4, 5, 6],
+)
+
+AmoebaNet = Genotype(
+    normal=[("avg_pool_3x3", 0), ("max_pool_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 2),
+            ("sep_conv_3x3", 0), ("avg_pool_3x3", 3), ("sep_conv_3x3", 1), ("skip_connect", 1),
+            ("skip_connect", 0), ("avg_pool_3x3", 1)],
+    normal_concat=[4, 5, 6],
+    reduce=[("avg_pool_3x3", 0), ("sep_conv_3x3", 1), ("max_pool_3x3", 0), ("sep_conv_7x7", 2),
+            ("sep_conv_7x7", 0), ("avg_pool_3x3", 1), ("max_pool_3x3", 0), ("max_pool_3x3", 1),
+            ("conv_7x1_1x7", 0), ("sep_conv_3x3", 5)],
+    reduce_concat=[3, 4, 6],
+)
+
+PUBLISHED = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "NASNet": NASNet, "AmoebaNet": AmoebaNet}
+
+
+def by_name(name: str) -> Genotype:
+    """A published genotype by name (``DARTS_V1``, ``DARTS_V2``, ``NASNet``, ``AmoebaNet``)."""
+    try:
+        return PUBLISHED[name]
+    except KeyError:
+        raise ValueError(f"unknown published genotype {name!r}; known: {', '.join(PUBLISHED)}") from None
