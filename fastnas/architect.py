@@ -63,7 +63,7 @@ class Architect:
 
     def loss(self, x, y, weights=None):
         logits = self._forward(x, weights)
-        return F.cross_entropy(logits.float(), y), logits
+        return F.cross_entropy(upcast(logits), y), logits
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, train_batch, val_batch, xi: float, weight_optimizer: torch.optim.Optimizer):
@@ -134,6 +134,11 @@ class Architect:
 
     def load_state_dict(self, state):
         self.optimizer.load_state_dict(state)
+
+
+def upcast(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision tensors to fp32; fp32 and fp64 stay as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _zero_if_none(g, like):

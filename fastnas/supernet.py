@@ -73,11 +73,15 @@ class Network(nn.Module):
 
     Alphas are registered parameters ``alphas_normal`` and ``alphas_reduce`` (init
     ``1e-3 * randn``); ``weights()`` and ``alphas()`` iterate the two groups separately.
+    ``multiplier`` (default ``num_nodes``) is how many of the last nodes each cell concatenates.
     """
 
-    def __init__(self, C=16, num_classes=10, layers=8, num_nodes=4, multiplier=4,
+    def __init__(self, C=16, num_classes=10, layers=8, num_nodes=4, multiplier=None,
                  stem_multiplier=3, in_channels=3):
         super().__init__()
+        multiplier = num_nodes if multiplier is None else multiplier
+        if not 1 <= multiplier <= num_nodes:
+            raise ValueError(f"multiplier must be in 1..num_nodes ({num_nodes}), got {multiplier}")
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.num_nodes, self.multiplier = num_nodes, multiplier
         self.stem_multiplier, self.in_channels = stem_multiplier, in_channels
