@@ -1,5 +1,5 @@
 """fastnas: gradient-based neural architecture search (DARTS, ENAS) for PyTorch."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="fastnas",
@@ -9,7 +9,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     # `kernels/` ships as `fastnas.kernels`: a top-level `kernels` would collide with a PyPI package.
-    packages=["fastnas", "fastnas.kernels"],
+    packages=["fastnas", *(f"fastnas.{p}" for p in find_packages("fastnas")), "fastnas.kernels"],
     package_dir={"fastnas": "fastnas", "fastnas.kernels": "kernels"},
     install_requires=[
         "torch>=2.1",
