@@ -1,0 +1,36 @@
+"""ENAS (Pham et al., ICML 2018): an LSTM controller trained by REINFORCE samples children of a
+weight-sharing supergraph, in the micro (cells, ``fastnas.Genotype``) or the macro (whole
+networks, ``MacroArch``) search space.
+"""
+import json
+
+from ..genotypes import Genotype
+from .config import ENASConfig, SEARCH_SPACES
+from .controller import MacroController, MicroController
+from .macro import MACRO_OPS, MacroArch, MacroNetwork, MacroSupernet
+from .micro import MICRO_OPS, MicroSupernet
+from .optimizer import ENASOptimizer
+
+
+def load_architecture(path: str):
+    """Read an architecture file: a ``MacroArch`` (JSON with ``ops``/``skips``, or its text) or
+    otherwise a ``Genotype``."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    stripped = text.lstrip()
+    if stripped.startswith("MacroArch"):
+        return MacroArch.parse(text)
+    if stripped.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: JSON does not parse: {e}") from None
+        if isinstance(data, dict) and "ops" in data:
+            return MacroArch.from_dict(data)
+        return Genotype.from_dict(data)
+    return Genotype.parse(text)
+
+
+__all__ = ["ENASConfig", "ENASOptimizer", "MACRO_OPS", "MICRO_OPS", "MacroArch",
+           "MacroController", "MacroNetwork", "MacroSupernet", "MicroController",
+           "MicroSupernet", "SEARCH_SPACES", "load_architecture"]
