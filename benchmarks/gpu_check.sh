@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# One prepared GPU check for fastnas: versions, the kernel tests compiled on the GPU (no
+# interpreter), then the kernel benchmarks. Target: under 8 minutes on one H100/H200-class GPU.
+#
+#   bash benchmarks/gpu_check.sh                 # every step
+#   bash benchmarks/gpu_check.sh tests kernels   # chosen steps, in order
+#
+# Outputs go under $OUT when it is set, else benchmarks/out: versions.txt, kernel_tests.txt,
+# kernels/kernels.{csv,md} (the table to copy into benchmarks/RESULTS.md), kernel_bench.txt.
+# A failing step does not stop the later ones; the exit status is non-zero if any failed.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT_DIR="${OUT:-$PWD/benchmarks/out}"
+mkdir -p "$OUT_DIR"
+unset TRITON_INTERPRET FASTNAS_BACKEND  # compiled kernels; each test picks its own backend
+export PYTHONUNBUFFERED=1
+
+step_versions() {
+  {
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem \
+      --format=csv || echo "nvidia-smi unavailable"
+    python - <<'EOF'
+import platform, torch
+try:
+    import triton
+    triton_version = triton.__version__
+except ImportError:
+    triton_version = "not installed"
+print(f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"triton {triton_version}")
+print("GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+EOF
+  } 2>&1 | tee "$OUT_DIR/versions.txt"
+  python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+    || { echo "no CUDA device: this check needs a GPU"; return 1; }
+}
+
+ensure_importable() {
+  # `fastnas.kernels` is the `kernels/` directory (setup.py package_dir): install it if needed.
+  python -c "import fastnas.kernels" 2>/dev/null && return 0
+  pip install -e . --no-deps -q >/dev/null 2>&1 && python -c "import fastnas.kernels" && return 0
+  # No install possible (e.g. no README.md yet): a throwaway package tree of symlinks.
+  local shim
+  shim="$(mktemp -d)"
+  mkdir "$shim/fastnas"
+  ln -s "$PWD"/fastnas/* "$shim/fastnas/"
+  ln -s "$PWD/kernels" "$shim/fastnas/kernels"
+  export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+  python -c "import fastnas.kernels"
+}
+
+step_tests() {
+  # Every kernel test, compiled for this GPU (conftest sets TRITON_INTERPRET only without CUDA).
+  timeout 300 python -m pytest tests/test_kernels*.py -q -p no:cacheprovider --durations=5 \
+    2>&1 | tee "$OUT_DIR/kernel_tests.txt"
+}
+
+step_kernels() {
+  timeout 300 python benchmarks/kernels.py --out "$OUT_DIR/kernels" \
+    2>&1 | tee "$OUT_DIR/kernel_bench.txt"
+}
+
+# --- Hook: further GPU benchmarks (e.g. the supernet's) are steps like the ones above: add a
+# --- `step_<name>() { ...; }` writing under "$OUT_DIR/<name>", and <name> to DEFAULT_STEPS.
+DEFAULT_STEPS="versions tests kernels"
+
+failed=()
+ensure_importable
+for step in ${*:-$DEFAULT_STEPS}; do
+  echo "=== $step ($(date -u +%H:%M:%S))"
+  if ! "step_$step"; then
+    failed+=("$step")
+    [ "$step" = versions ] && break
+  fi
+done
+echo "=== done ($(date -u +%H:%M:%S)); outputs in $OUT_DIR"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED steps: ${failed[*]}"
+  exit 1
+fi
