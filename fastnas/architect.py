@@ -36,17 +36,23 @@ class Architect:
     The supernet must provide ``alphas()`` (list of parameters) and ``named_weights()``.
     ``autocast`` is a zero-argument callable returning the context the forward passes run in
     (mixed precision); the finite-difference arithmetic itself is always done in fp32 or wider.
+    ``loss_scale`` (fp16) is a zero-argument callable giving the factor every loss is multiplied
+    by before differentiation and every gradient divided by right after; a step whose gradient
+    is not finite is skipped (``skipped_steps`` counts them).
     """
 
     def __init__(self, model: nn.Module, lr: float, betas=(0.5, 0.999), weight_decay: float = 1e-3,
                  order: int = 1, momentum: float = 0.9, network_weight_decay: float = 3e-4,
-                 hessian_r: float = 0.01, autocast: Optional[Callable] = None):
+                 hessian_r: float = 0.01, autocast: Optional[Callable] = None,
+                 loss_scale: Optional[Callable[[], float]] = None):
         self.model = model
         self.order = order
         self.momentum = momentum
         self.network_weight_decay = network_weight_decay
         self.hessian_r = hessian_r
         self.autocast = autocast or contextlib.nullcontext
+        self.loss_scale = loss_scale
+        self.skipped_steps = 0
         self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas,
                                           weight_decay=weight_decay)
 
@@ -65,16 +71,28 @@ class Architect:
         logits = self._forward(x, weights)
         return F.cross_entropy(upcast(logits), y), logits
 
+    def _grad(self, loss, inputs, **kwargs):
+        """``torch.autograd.grad`` of ``loss``, through the loss scale when there is one; the
+        gradients come back unscaled (fp32 for fp32 inputs)."""
+        if self.loss_scale is None:
+            return torch.autograd.grad(loss, inputs, **kwargs)
+        scale = float(self.loss_scale())
+        grads = torch.autograd.grad(loss * scale, inputs, **kwargs)
+        return tuple(None if g is None else g / scale for g in grads)
+
     # -- the step -----------------------------------------------------------------------------
     def step(self, train_batch, val_batch, xi: float, weight_optimizer: torch.optim.Optimizer):
         """One Adam step on the alphas; returns ``(val_loss, val_logits)`` of the minimized loss."""
         alphas = self.model.alphas()
         if self.order == 1:
             loss, logits = self.loss(*val_batch)
-            grads = torch.autograd.grad(loss, alphas)
+            grads = self._grad(loss, alphas)
         else:
             grads, loss, logits = self.unrolled_gradient(train_batch, val_batch, xi,
                                                          weight_optimizer)
+        if self.loss_scale is not None and not all(torch.isfinite(g).all() for g in grads):
+            self.skipped_steps += 1  # fp16 overflow: keep the alphas
+            return loss.detach(), logits.detach()
         for a, g in zip(alphas, grads):
             a.grad = g.detach().to(a.dtype)
         self.optimizer.step()
@@ -85,7 +103,7 @@ class Architect:
         """``w' = w - xi * (m * buf + grad_w L_train(w, a) + wd * w)`` as detached tensors."""
         names, weights = zip(*self.model.named_weights())
         loss, _ = self.loss(*train_batch)
-        grads = torch.autograd.grad(loss, weights, allow_unused=True)
+        grads = self._grad(loss, weights, allow_unused=True)
         out = {}
         for name, param, g in zip(names, weights, grads):
             w = param.detach()
@@ -104,7 +122,7 @@ class Architect:
         virtual = self.virtual_weights(train_batch, xi, weight_optimizer)
         virtual = {n: w.requires_grad_() for n, w in virtual.items()}
         loss, logits = self.loss(*val_batch, weights=virtual)
-        grads = torch.autograd.grad(loss, list(alphas) + list(virtual.values()), allow_unused=True)
+        grads = self._grad(loss, list(alphas) + list(virtual.values()), allow_unused=True)
         d_alpha = [_zero_if_none(g, a) for g, a in zip(grads[:len(alphas)], alphas)]
         vector = [_zero_if_none(g, w) for g, w in zip(grads[len(alphas):], virtual.values())]
         hv = self.hessian_vector_product(vector, train_batch)
@@ -124,7 +142,7 @@ class Architect:
         def grad_at(sign):
             shifted = {n: w.detach() + sign * R * v for n, w, v in zip(names, weights, vector)}
             loss, _ = self.loss(*train_batch, weights=shifted)
-            return torch.autograd.grad(loss, alphas)
+            return self._grad(loss, alphas)
 
         plus, minus = grad_at(1.0), grad_at(-1.0)
         return [(p - m) / (2 * R) for p, m in zip(plus, minus)]

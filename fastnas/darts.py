@@ -8,7 +8,6 @@ with the weight gradient norm clipped. The weight learning rate follows a per-ep
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -20,21 +19,33 @@ import torch.nn.functional as F
 
 from .architect import Architect
 from .config import DARTSConfig
+from .fast_supernet import CheckpointedNetwork, FastNetwork, resolve_backend
 from .genotypes import Genotype
+from .precision import Precision
 from .reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 from .supernet import Network
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
-def build_supernet(config: DARTSConfig) -> nn.Module:
-    """The supernet for ``config.backend``; every backend shares the reference's state_dict."""
-    if config.backend not in ("auto", "reference"):
-        raise ValueError(f"backend {config.backend!r} is not available in this build; "
-                         "use 'reference' or 'auto'")
-    return Network(C=config.channels, num_classes=config.num_classes, layers=config.layers,
-                   num_nodes=config.num_nodes, multiplier=config.num_nodes,
-                   in_channels=config.in_channels)
+def build_supernet(config: DARTSConfig, device: Optional[torch.device] = None) -> nn.Module:
+    """The supernet for ``config.backend`` on ``device`` (default: ``config.device``).
+
+    Every backend shares the reference's parameters, ``state_dict`` and, for a given seed, its
+    initialization: ``reference`` is ``fastnas.supernet.Network`` (cells recomputed in backward
+    when ``config.checkpointing``), ``torch`` and ``triton`` the fused ``FastNetwork``, ``auto``
+    the fastest available on the device (see ``fastnas.fast_supernet.resolve_backend``).
+    """
+    device = resolve_device(config.device) if device is None else torch.device(device)
+    backend = resolve_backend(config.backend, device)
+    kwargs = dict(C=config.channels, num_classes=config.num_classes, layers=config.layers,
+                  num_nodes=config.num_nodes, multiplier=config.num_nodes,
+                  in_channels=config.in_channels)
+    if backend == "reference":
+        if config.checkpointing:
+            return CheckpointedNetwork(**kwargs, checkpointing=True)
+        return Network(**kwargs)
+    return FastNetwork(**kwargs, backend=backend, checkpointing=config.checkpointing)
 
 
 def cosine_lr(epoch: int, total: int, lr_max: float, lr_min: float) -> float:
@@ -98,14 +109,16 @@ class DARTSOptimizer:
         if cfg.seed is not None:
             seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.model = build_supernet(cfg).to(self.device)
+        self.precision = Precision(cfg.precision, self.device)
+        self.model = build_supernet(cfg, self.device).to(self.device)
         self.weight_optimizer = torch.optim.SGD(self.model.weights(), lr=cfg.learning_rate_w,
                                                 momentum=cfg.momentum,
                                                 weight_decay=cfg.weight_decay)
         self.architect = Architect(self.model, lr=cfg.learning_rate_alpha, betas=(0.5, 0.999),
                                    weight_decay=cfg.arch_weight_decay, order=cfg.order,
                                    momentum=cfg.momentum, network_weight_decay=cfg.weight_decay,
-                                   hessian_r=cfg.hessian_r, autocast=self._autocast)
+                                   hessian_r=cfg.hessian_r, autocast=self._autocast,
+                                   loss_scale=self.precision.loss_scale)
         self.total_epochs = cfg.num_steps
         self.epoch = 0  # completed epochs
         self.global_step = 0
@@ -126,7 +139,7 @@ class DARTSOptimizer:
         return self.model.genotype()
 
     def _autocast(self):
-        return contextlib.nullcontext()
+        return self.precision.autocast()
 
     def _set_lr(self, lr: float):
         self.lr = lr
@@ -156,10 +169,19 @@ class DARTSOptimizer:
             logits = self.model(x)
         loss = F.cross_entropy(logits.float(), y)
         weights = self.weight_parameters()
-        loss.backward(inputs=weights)
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(weights, self.config.grad_clip)
-        self.weight_optimizer.step()
+        scaler = self.precision.scaler
+        if scaler is None:
+            loss.backward(inputs=weights)
+            if self.config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(weights, self.config.grad_clip)
+            self.weight_optimizer.step()
+        else:  # fp16: scaled backward, unscale before clipping, skip the step on overflow
+            scaler.scale(loss).backward(inputs=weights)
+            scaler.unscale_(self.weight_optimizer)
+            if self.config.grad_clip is not None:
+                nn.utils.clip_grad_norm_(weights, self.config.grad_clip)
+            scaler.step(self.weight_optimizer)
+            scaler.update()
         self.global_step += 1
         return {
             "train_loss": loss.item(),
@@ -253,6 +275,8 @@ class DARTSOptimizer:
             "model": self.model.state_dict(),
             "weight_optimizer": self.weight_optimizer.state_dict(),
             "arch_optimizer": self.architect.state_dict(),
+            **({"grad_scaler": self.precision.scaler.state_dict()}
+               if self.precision.scaler is not None else {}),
             "epoch": self.epoch,
             "total_epochs": self.total_epochs,
             "global_step": self.global_step,
@@ -270,6 +294,8 @@ class DARTSOptimizer:
         self.model.load_state_dict(state["model"])
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.architect.load_state_dict(state["arch_optimizer"])
+        if self.precision.scaler is not None and "grad_scaler" in state:
+            self.precision.scaler.load_state_dict(state["grad_scaler"])
         self.epoch = int(state["epoch"])
         self.total_epochs = int(state.get("total_epochs", self.total_epochs))
         self.global_step = int(state.get("global_step", 0))

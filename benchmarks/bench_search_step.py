@@ -1,0 +1,37 @@
+"""pytest-benchmark suite of the DARTS search step: reference vs fast backend.
+
+    pytest benchmarks/bench_search_step.py                       # small network, quick
+    FASTNAS_BENCH_SIZE=paper pytest benchmarks/bench_search_step.py --benchmark-columns=median
+    pytest benchmarks/bench_search_step.py -k "order1 and fp32" --benchmark-compare
+
+Not collected by ``pytest tests/``. Same configurations and setup as
+``benchmarks/search_step.py`` (which also measures peak memory, one process per configuration):
+``FASTNAS_BENCH_SIZE=paper`` is the paper's search network (C=16, 8 cells, 32x32, batch 8 on the
+CPU, 64 on CUDA); the default ``small`` (C=8, 5 cells, batch 4) keeps a full run to minutes on a
+laptop CPU.
+"""
+import os
+
+import pytest
+import torch
+
+from search_step import make_config, make_step
+
+PAPER = os.environ.get("FASTNAS_BENCH_SIZE", "small") == "paper"
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BATCH = (64 if DEVICE == "cuda" else 8) if PAPER else 4
+SIZE = {} if PAPER else dict(channels=8, layers=5)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "ckpt"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("order", [1, 2], ids=["order1", "order2"])
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_search_step(benchmark, backend, order, precision, checkpointing):
+    cfg = make_config(backend, order, precision, checkpointing, BATCH, DEVICE, **SIZE)
+    _, step = make_step(cfg)
+    step()  # warm-up: first-call allocations and kernel selection
+    benchmark.extra_info.update(backend=backend, order=order, precision=precision,
+                                checkpointing=checkpointing, batch_size=BATCH, device=DEVICE,
+                                torch=torch.__version__, threads=torch.get_num_threads())
+    benchmark.pedantic(step, rounds=3, iterations=1)

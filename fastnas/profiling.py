@@ -1,0 +1,279 @@
+"""Memory profile of a DARTS search step: peak memory, and what the activations kept for backward
+are, per cell and per op.
+
+``profile_memory(config, batch_size=None, ...)`` builds a ``DARTSOptimizer`` for ``config`` (a
+``DARTSConfig`` or a dict), runs search steps on a synthetic batch and returns a
+``MemoryReport``; ``format_report(report)`` renders it as text. ``fastnas profile`` and
+``python benchmarks/memory.py`` print that text.
+
+- Peak memory of one step: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated
+  before the step; on the CPU the peak resident set size (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) minus the resident size before the step, after returning the
+  allocator's free memory to the system (``malloc_trim``). Where the peak cannot be reset (not
+  Linux), the process-wide peak is reported, which is only meaningful in a fresh process.
+- Breakdown: one forward pass of the training loss is run under ``saved_tensors_hooks``; every
+  tensor autograd keeps for backward is attributed to the cell (and op) running when it was
+  saved, each storage counted once. Reference cells are attributed per candidate op (``MixedOp``
+  column); fused cells (``fast`` backends) per stage of the fused plan.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import time
+from collections import defaultdict
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+from .config import DARTSConfig
+from .ops import PRIMITIVES
+
+MiB = 2.0 ** 20
+
+# -- stage labels of the fused cells --------------------------------------------------------------
+_active = False
+_stage: List[str] = []
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Label the work inside as ``name`` in an active memory profile (free when none is)."""
+    if not _active:
+        yield
+        return
+    _stage.append(name)
+    try:
+        yield
+    finally:
+        _stage.pop()
+
+
+# -- the report -----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class MemoryReport:
+    """Memory of one DARTS search step (bytes)."""
+
+    device: str
+    backend: str
+    precision: str
+    checkpointing: bool
+    order: int
+    batch_size: int
+    image_size: int
+    step_peak_bytes: int          # peak growth during the step (see module docstring)
+    baseline_bytes: int           # resident (CPU) or allocated (CUDA) memory before the step
+    peak_method: str              # how step_peak_bytes was measured
+    saved_bytes: int              # activations kept for backward by one training forward
+    saved_by_cell: Dict[str, int]
+    saved_by_op: Dict[str, int]
+    parameter_bytes: int
+    step_seconds: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _rss_bytes(field: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _trim_malloc() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_step_peak(step, device: torch.device):
+    """Run ``step()`` and return ``(peak growth bytes, baseline bytes, method, seconds)``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        start = time.perf_counter()
+        step()
+        torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+        return (torch.cuda.max_memory_allocated(device) - before, before,
+                "cuda max_memory_allocated", seconds)
+    _trim_malloc()
+    before = _rss_bytes("VmRSS")
+    if before is not None and _reset_peak_rss():
+        start = time.perf_counter()
+        step()
+        seconds = time.perf_counter() - start
+        return _rss_bytes("VmHWM") - before, before, "peak RSS (VmHWM reset)", seconds
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    start = time.perf_counter()
+    step()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return peak - before, before, "process peak RSS (not reset)", seconds
+
+
+# -- saved-activation breakdown -------------------------------------------------------------------
+def _op_label(path: str) -> str:
+    """Op kind of a module path inside a cell: a primitive, preprocessing, or the cell itself."""
+    parts = path.split(".")
+    if "ops" in parts:
+        i = parts.index("ops")
+        if i + 1 < len(parts) and parts[i + 1].isdigit():
+            return PRIMITIVES[int(parts[i + 1])]
+    for p in parts:
+        if p.startswith("preprocess"):
+            return "preprocess"
+    return ""
+
+
+def saved_activations(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast=None):
+    """``(total, by_cell, by_op)`` bytes of the tensors one training forward keeps for backward."""
+    global _active
+    owner: List[str] = []  # the stack of running modules
+
+    def enter(name):
+        def hook(module, args):
+            owner.append(name)
+        return hook
+
+    def leave(module, args, out):
+        owner.pop()
+
+    handles = []
+    for name, module in model.named_modules():
+        if name:
+            handles.append(module.register_forward_pre_hook(enter(name)))
+            handles.append(module.register_forward_hook(leave))
+    seen = set()
+    by_cell: Dict[str, int] = defaultdict(int)
+    by_op: Dict[str, int] = defaultdict(int)
+
+    def pack(t: torch.Tensor):
+        try:
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            return t
+        if key in seen or nbytes == 0:
+            return t
+        seen.add(key)
+        path = owner[-1] if owner else ""
+        parts = path.split(".")
+        cell = ".".join(parts[:2]) if parts[0] == "cells" else (parts[0] or "head")
+        op = _op_label(path) or (_stage[-1] if _stage else "") or (
+            "mixed-op sums" if "edges" in parts else "cell (other)" if parts[0] == "cells"
+            else parts[0] or "head")
+        by_cell[cell] += nbytes
+        by_op[op] += nbytes
+        return t
+
+    _active = True
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+    finally:
+        _active = False
+        _stage.clear()
+        for h in handles:
+            h.remove()
+    del loss, logits
+    return sum(by_cell.values()), dict(by_cell), dict(by_op)
+
+
+# -- the profile ----------------------------------------------------------------------------------
+def profile_memory(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
+                   batch_size: Optional[int] = None, image_size: int = 32, steps: int = 1,
+                   breakdown: bool = True, seed: int = 0) -> MemoryReport:
+    """Memory profile of ``config``'s search step (see the module docstring).
+
+    ``batch_size`` overrides ``config.batch_size``; inputs are ``image_size`` square images with
+    ``config.in_channels`` channels. ``steps - 1`` warm-up steps run before the measured one
+    (``steps=1`` measures the first step, allocator state included). ``breakdown=False`` skips
+    the per-cell and per-op attribution.
+    """
+    from .darts import DARTSOptimizer  # profiling sits above the search strategies
+
+    cfg = DARTSConfig.from_dict(config if config is not None else {})
+    if batch_size is not None:
+        cfg = dataclasses.replace(cfg, batch_size=batch_size)
+    opt = DARTSOptimizer(cfg)
+    device = opt.device
+    g = torch.Generator().manual_seed(seed)
+    shape = (cfg.batch_size, cfg.in_channels, image_size, image_size)
+    x = torch.randn(shape, generator=g).to(device)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
+    for _ in range(steps - 1):
+        opt.step((x, y), (x, y))
+    peak, before, method, seconds = measure_step_peak(lambda: opt.step((x, y), (x, y)), device)
+    total, by_cell, by_op = 0, {}, {}
+    if breakdown:
+        opt.model.train()
+        total, by_cell, by_op = saved_activations(opt.model, x, y, opt._autocast)
+    model = opt.model
+    return MemoryReport(
+        device=str(device), backend=getattr(model, "backend", "reference"),
+        precision=cfg.precision, checkpointing=cfg.checkpointing, order=cfg.order,
+        batch_size=cfg.batch_size, image_size=image_size, step_peak_bytes=int(peak),
+        baseline_bytes=int(before), peak_method=method, saved_bytes=int(total),
+        saved_by_cell=by_cell, saved_by_op=by_op,
+        parameter_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
+        step_seconds=seconds)
+
+
+def format_report(report: MemoryReport) -> str:
+    """The report as text: the step's peak, then the saved activations per cell and per op."""
+    r = report
+    order = "first-order" if r.order == 1 else "second-order"
+    lines = [
+        f"fastnas memory profile: backend {r.backend}, {r.precision}, checkpointing "
+        f"{'on' if r.checkpointing else 'off'}, {order}, batch {r.batch_size}, "
+        f"{r.image_size}x{r.image_size}, {r.device}",
+        f"peak memory growth during one search step: {r.step_peak_bytes / MiB:.1f} MiB "
+        f"({r.peak_method}; {r.baseline_bytes / MiB:.1f} MiB before the step; "
+        f"step took {r.step_seconds:.2f} s)",
+        f"parameters: {r.parameter_bytes / MiB:.2f} MiB",
+    ]
+    if r.saved_by_cell:
+        lines.append(f"activations kept for backward by one training forward: "
+                     f"{r.saved_bytes / MiB:.1f} MiB")
+        width = max(len(k) for k in list(r.saved_by_cell) + list(r.saved_by_op))
+
+        def table(title, items):
+            lines.append(f"  {title}:")
+            for name, nbytes in items:
+                share = 100.0 * nbytes / max(r.saved_bytes, 1)
+                lines.append(f"    {name:<{width}}  {nbytes / MiB:9.2f} MiB  {share:5.1f}%")
+
+        def cell_key(item):
+            name = item[0]
+            parts = name.split(".")
+            return (0 if name == "stem" else 1 if parts[0] == "cells" else 2,
+                    int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0)
+
+        table("per cell", sorted(r.saved_by_cell.items(), key=cell_key))
+        table("per op", sorted(r.saved_by_op.items(), key=lambda kv: -kv[1]))
+    return "\n".join(lines)

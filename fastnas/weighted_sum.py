@@ -1,0 +1,74 @@
+"""The node sum of the fast supernet: one weighted sum over all the edges and ops of a node.
+
+``weighted_sum_parts(parts, w)`` with ``parts[p]: [N, K_p, *S]`` and ``w: [sum_p K_p]`` is
+
+    out[n] = sum_p sum_k w[o_p + k] * parts[p][n, k],   o_p = K_0 + ... + K_{p-1},
+
+with the backward
+
+    d parts[p][n, k] = w[o_p + k] * g[n],     d w[o_p + k] = sum_n <parts[p][n, k], g[n]>.
+
+A part is usually a block of op outputs that one fused call produced side by side (the ops of
+several edges), so its gradient comes back as one tensor, not one per op. Only the parts and ``w``
+are saved: the products ``w_k * y_k`` and the partial sums of the autograd version are never
+stored. On CUDA the ``triton`` backend uses ``fastnas.kernels.weighted_sum`` instead.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import grad_edges
+
+
+class _WeightedSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, *parts):
+        out = None
+        o = 0
+        for part in parts:
+            for k in range(part.shape[1]):
+                if out is None:  # takes the memory layout of the first part (channels_last)
+                    out = part[:, k] * w[o + k]
+                else:
+                    out.addcmul_(part[:, k], w[o + k])
+            o += part.shape[1]
+        grad_edges.record(ctx, w, *parts)
+        ctx.save_for_backward(w, *parts)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        w, *parts = ctx.saved_tensors
+        g = g.unsqueeze(1)
+        grads, grad_w = [], []
+        need_w = grad_edges.needed(ctx, 0)
+        o = 0
+        for i, part in enumerate(parts):
+            K = part.shape[1]
+            wp = w[o:o + K].view(1, K, *([1] * (part.dim() - 2)))
+            o += K
+            grads.append(g * wp.to(g.dtype) if grad_edges.needed(ctx, i + 1) else None)
+            if need_w:
+                g0 = g.squeeze(1)
+                grad_w += [torch.sum(part[:, k] * g0, dtype=torch.float32) for k in range(K)]
+        gw = torch.stack(grad_w).to(w.dtype) if need_w else None
+        return (gw, *grads)
+
+
+def weighted_sum_parts(parts: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """``sum_p sum_k w[o_p + k] * parts[p][:, k]`` (see the module docstring): ``[N, *S]``.
+
+    All parts share ``N`` and ``S``; they are brought to one dtype (the promoted one) first.
+    """
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    parts = [p if p.dtype == dtype else p.to(dtype) for p in parts]
+    return _WeightedSum.apply(w, *parts)
+
+
+def weighted_sum(xs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """``sum_k w[k] * xs[k]``: the ``fastnas.kernels.weighted_sum`` API on the CPU Function."""
+    return weighted_sum_parts([x.unsqueeze(1) for x in xs], w)
