@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..darts import _check_batch, cosine_lr
+from ..darts import _Mean, _accuracy, _check_batch, cosine_lr
 from ..genotypes import Genotype
 from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 from .config import ENASConfig
@@ -398,23 +398,6 @@ def _cycle(loader: Iterable) -> Iterator:
             yield batch
         if empty:
             raise ValueError("val_loader yielded no batches")
-
-
-class _Mean:
-    def __init__(self):
-        self.total, self.count = 0.0, 0
-
-    def add(self, value: float, n: int):
-        self.total += value * n
-        self.count += n
-
-    @property
-    def value(self) -> float:
-        return self.total / max(self.count, 1)
-
-
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(dim=1) == y).float().mean().item()
 
 
 __all__ = ["ENASOptimizer"]
