@@ -10,3 +10,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# The test networks are tiny: intra-op threads buy nothing there, and OpenMP threads that wait on
+# each other slow them down many times over whenever another process shares the cores.
+torch.set_num_threads(1)
