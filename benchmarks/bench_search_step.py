@@ -8,7 +8,10 @@ Not collected by ``pytest tests/``. Same configurations and setup as
 ``benchmarks/search_step.py`` (which also measures peak memory, one process per configuration):
 ``FASTNAS_BENCH_SIZE=paper`` is the paper's search network (C=16, 8 cells, 32x32, batch 8 on the
 CPU, 64 on CUDA); the default ``small`` (C=8, 5 cells, batch 4) keeps a full run to minutes on a
-laptop CPU.
+laptop CPU. ``FASTNAS_BENCH_THREADS=1`` sets torch's intra-op threads: on a CPU shared with other
+jobs, OpenMP threads waiting on each other slow the reference's thousands of small ops down many
+times over (35 s instead of 1.5 s a step was seen on a loaded 2-core machine), so compare
+backends at one thread there.
 """
 import os
 
@@ -18,6 +21,8 @@ import torch
 from search_step import make_config, make_step
 
 PAPER = os.environ.get("FASTNAS_BENCH_SIZE", "small") == "paper"
+if os.environ.get("FASTNAS_BENCH_THREADS"):
+    torch.set_num_threads(int(os.environ["FASTNAS_BENCH_THREADS"]))
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BATCH = (64 if DEVICE == "cuda" else 8) if PAPER else 4
 SIZE = {} if PAPER else dict(channels=8, layers=5)

@@ -2,12 +2,12 @@
 that saves only its inputs and its output.
 
 ``dil_conv_blocks(inputs, groups, dw_weights, pw_weight, bns)`` computes, for each group ``t``
-(one kernel shape, ``M_t`` ops), ``d_t = depthwise(relu(inputs[i_t]), dw_weights[t], s_t, p_t,
-d_t)`` (``fastnas.depthwise``: ``M_t`` kernels per input channel), then the grouped pointwise
-conv of all ``d_t`` (``fastnas.pointwise``) and one BatchNorm(affine=False) over all the output
-channels, with the running statistics of ``bns`` (one module per op):
+(one kernel shape and dilation, ``M_t`` ops), ``h_t = depthwise(relu(inputs[i_t]),
+dw_weights[t])`` (``fastnas.depthwise``: ``M_t`` kernels per input channel), then the grouped
+pointwise conv of all ``h_t`` (``fastnas.pointwise``) and one BatchNorm(affine=False) over all the
+output channels, with the running statistics of ``bns`` (one module per op):
 
-    y = BN(pointwise(cat_t depthwise(relu(x_{i_t}), w_t)))
+    y = BN(pointwise(cat_t h_t))
 
 Autograd through these ops separately would keep ``relu(x)``, every depthwise output and every
 pointwise output (the BatchNorm input) alive until backward: three extra tensors per op, most

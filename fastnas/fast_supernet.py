@@ -83,14 +83,18 @@ class TritonOps(TorchOps):
         from . import kernels
 
         M = weight.shape[0] // x.shape[1]
-        return kernels.depthwise_conv2d(x.repeat(1, M, 1, 1) if M > 1 else x, weight, stride,
-                                        padding, dilation)
+        # Kernels are not autocast ops: give them one dtype, as conv2d under autocast would.
+        return kernels.depthwise_conv2d(x.repeat(1, M, 1, 1) if M > 1 else x,
+                                        weight.to(x.dtype), stride, padding, dilation)
 
     @staticmethod
     def node_sum(parts, w):
         from . import kernels
 
-        xs = [x for p in parts for x in p.unbind(1)]
+        dtype = parts[0].dtype
+        for p in parts[1:]:
+            dtype = torch.promote_types(dtype, p.dtype)
+        xs = [x.to(dtype) for p in parts for x in p.unbind(1)]
         return kernels.weighted_sum(xs, w)
 
 
@@ -367,7 +371,8 @@ class CheckpointedNetwork(Network):
         for index, cell in enumerate(self.cells):
             w = w_reduce if cell.reduction else w_normal
             if index in self.checkpointed and torch.is_grad_enabled():
-                s0, s1 = s1, checkpoint_module(cell, s0, s1, w)
+                with stage("checkpointed cell inputs"):
+                    s0, s1 = s1, checkpoint_module(cell, s0, s1, w)
             else:
                 s0, s1 = s1, cell(s0, s1, w)
         return self.classifier(self.global_pooling(s1).flatten(1))

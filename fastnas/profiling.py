@@ -181,10 +181,12 @@ def saved_activations(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
         seen.add(key)
         path = owner[-1] if owner else ""
         parts = path.split(".")
-        cell = ".".join(parts[:2]) if parts[0] == "cells" else (parts[0] or "head")
+        # Outside every submodule: the network's own ops (softmax of the alphas, the inputs a
+        # checkpointed cell keeps).
+        cell = ".".join(parts[:2]) if parts[0] == "cells" else (parts[0] or "network")
         op = _op_label(path) or (_stage[-1] if _stage else "") or (
             "mixed-op sums" if "edges" in parts else "cell (other)" if parts[0] == "cells"
-            else parts[0] or "head")
+            else parts[0] or "network")
         by_cell[cell] += nbytes
         by_op[op] += nbytes
         return t

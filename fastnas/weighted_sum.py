@@ -8,10 +8,12 @@ with the backward
 
     d parts[p][n, k] = w[o_p + k] * g[n],     d w[o_p + k] = sum_n <parts[p][n, k], g[n]>.
 
-A part is usually a block of op outputs that one fused call produced side by side (the ops of
-several edges), so its gradient comes back as one tensor, not one per op. Only the parts and ``w``
-are saved: the products ``w_k * y_k`` and the partial sums of the autograd version are never
-stored. On CUDA the ``triton`` backend uses ``fastnas.kernels.weighted_sum`` instead.
+A part is ``K`` op outputs of one edge that a fused call produced side by side (an edge's
+``[sep3, sep5]``, a state's ``[max_pool, avg_pool]``), read in place as a strided view; its
+gradient comes back as one tensor. Only the parts and ``w`` are saved: the products
+``w_k * y_k`` and the partial sums of the autograd version are never stored, and the
+``w`` gradient is only computed when the backward asks for it. The ``triton`` backend uses
+``fastnas.kernels.weighted_sum`` instead.
 """
 from __future__ import annotations
 

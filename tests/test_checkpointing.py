@@ -13,14 +13,6 @@ from fastnas.profiling import saved_activations
 KW = dict(C=4, num_classes=5, layers=4, num_nodes=4, multiplier=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def batch(seed=1, size=16):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(3, 3, size, size, generator=g), torch.randint(0, 5, (3,), generator=g)

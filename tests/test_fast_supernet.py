@@ -22,16 +22,6 @@ from fastnas.weighted_sum import weighted_sum, weighted_sum_parts
 TINY = dict(C=4, num_classes=5, layers=4, num_nodes=4, multiplier=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core machine OpenMP barriers
-    make them orders of magnitude slower under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rel(a, b):
     return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
 

@@ -14,14 +14,6 @@ KW = dict(C=4, num_classes=5, layers=3, num_nodes=4, multiplier=4)
 CFG = dict(channels=4, layers=3, num_classes=5, batch_size=4, device="cpu", seed=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def batch(seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
