@@ -8,11 +8,11 @@ output. Text is parsed by a small tokenizer and never evaluated.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence, Tuple
 
+from .checkpoint import write_json_atomic
 from .ops import OPS
 
 Edge = Tuple[str, int]
@@ -137,10 +137,7 @@ class Genotype:
 
     def save(self, path: str) -> None:
         """Write JSON atomically (temp file, then rename)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str) -> "Genotype":

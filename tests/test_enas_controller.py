@@ -10,16 +10,6 @@ from fastnas.enas.controller import bernoulli_kl
 from fastnas.enas.micro import MICRO_OPS, genotype_from_choices
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batch-1 controller ops are latency-bound; on a busy CPU intra-op threads only add
-    synchronization (hundreds of microseconds an op)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(space="micro", **overrides):
     cfg = dict(search_space=space, controller_hidden=6, num_nodes=2, channels=2, num_layers=4,
                in_channels=1, seed=0)

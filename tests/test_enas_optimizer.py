@@ -12,16 +12,6 @@ from fastnas.darts import cosine_lr
 from fastnas.enas import ENASConfig, ENASOptimizer, MacroArch, MacroNetwork
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batch-1 controller ops and tiny convs are latency-bound; on a busy CPU intra-op threads
-    only add synchronization (hundreds of microseconds an op)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = {"channels": 4, "num_layers": 3, "num_nodes": 3, "in_channels": 1,
         "controller_hidden": 8, "seed": 5}
 

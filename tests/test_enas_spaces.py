@@ -13,16 +13,6 @@ from fastnas.enas.macro import pool_layers
 from fastnas.enas.micro import MICRO_OPS, loose_ends
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Batch-1 controller ops and tiny convs are latency-bound; on a busy CPU intra-op threads
-    only add synchronization (hundreds of microseconds an op)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(n=8, C=1, hw=8, classes=10, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, C, hw, hw, generator=g), torch.randint(0, classes, (n,), generator=g)

@@ -18,7 +18,6 @@ with its op's output, then ``ReLU -> 1x1 conv -> BN``.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Tuple
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import write_json_atomic
 from ..ops import FactorizedReduce
 from .micro import batch_statistics_only
 
@@ -154,10 +154,7 @@ class MacroArch:
 
     def save(self, path: str) -> None:
         """Write JSON atomically (temp file, then rename)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str) -> "MacroArch":
