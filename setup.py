@@ -3,12 +3,13 @@ from setuptools import find_packages, setup
 
 setup(
     name="fastnas",
-    version="0.1.0",
+    version="0.2.0",
     description="Gradient-based neural architecture search (DARTS, ENAS) with fused Triton kernels",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    # `kernels/` ships as `fastnas.kernels`: a top-level `kernels` would collide with a PyPI package.
+    # `kernels/` ships as `fastnas.kernels`: a top-level `kernels` would collide with a PyPI
+    # package.
     packages=["fastnas", *(f"fastnas.{p}" for p in find_packages("fastnas")), "fastnas.kernels"],
     package_dir={"fastnas": "fastnas", "fastnas.kernels": "kernels"},
     install_requires=[
@@ -19,7 +20,9 @@ setup(
         "tqdm>=4.60",  # progress bars on epochs and batches
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-benchmark>=4", "pytest-cov>=4"],
+        # ruff and import-linter: the lint and the layer contracts the tests and CI run.
+        "dev": ["pytest>=7", "pytest-benchmark>=4", "pytest-cov>=4", "ruff>=0.5",
+                "import-linter>=2.1"],
     },
     entry_points={"console_scripts": ["fastnas=fastnas.cli:main"]},
 )

@@ -1,4 +1,4 @@
-"""pytest-benchmark suite of the DARTS search step: reference vs fast backend.
+"""pytest-benchmark suite of the DARTS search step: reference vs fast supernet.
 
     pytest benchmarks/bench_search_step.py                       # small network, quick
     FASTNAS_BENCH_SIZE=paper pytest benchmarks/bench_search_step.py --benchmark-columns=median
@@ -11,13 +11,12 @@ CPU, 64 on CUDA); the default ``small`` (C=8, 5 cells, batch 4) keeps a full run
 laptop CPU. ``FASTNAS_BENCH_THREADS=1`` sets torch's intra-op threads: on a CPU shared with other
 jobs, OpenMP threads waiting on each other slow the reference's thousands of small ops down many
 times over (35 s instead of 1.5 s a step was seen on a loaded 2-core machine), so compare
-backends at one thread there.
+supernets at one thread there.
 """
 import os
 
 import pytest
 import torch
-
 from search_step import make_config, make_step
 
 PAPER = os.environ.get("FASTNAS_BENCH_SIZE", "small") == "paper"
@@ -31,12 +30,12 @@ SIZE = {} if PAPER else dict(channels=8, layers=5)
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "ckpt"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("order", [1, 2], ids=["order1", "order2"])
-@pytest.mark.parametrize("backend", ["reference", "fast"])
-def test_search_step(benchmark, backend, order, precision, checkpointing):
-    cfg = make_config(backend, order, precision, checkpointing, BATCH, DEVICE, **SIZE)
+@pytest.mark.parametrize("supernet", ["reference", "fast"])
+def test_search_step(benchmark, supernet, order, precision, checkpointing):
+    cfg = make_config(supernet, order, precision, checkpointing, BATCH, DEVICE, **SIZE)
     _, step = make_step(cfg)
     step()  # warm-up: first-call allocations and kernel selection
-    benchmark.extra_info.update(backend=backend, order=order, precision=precision,
+    benchmark.extra_info.update(supernet=supernet, order=order, precision=precision,
                                 checkpointing=checkpointing, batch_size=BATCH, device=DEVICE,
                                 torch=torch.__version__, threads=torch.get_num_threads())
     benchmark.pedantic(step, rounds=3, iterations=1)

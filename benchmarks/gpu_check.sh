@@ -38,16 +38,9 @@ EOF
 }
 
 ensure_importable() {
-  # `fastnas.kernels` is the `kernels/` directory (setup.py package_dir): install it if needed.
-  python -c "import fastnas.kernels" 2>/dev/null && return 0
-  pip install -e . --no-deps -q >/dev/null 2>&1 && python -c "import fastnas.kernels" && return 0
-  # No install possible (e.g. no README.md yet): a throwaway package tree of symlinks.
-  local shim
-  shim="$(mktemp -d)"
-  mkdir "$shim/fastnas"
-  ln -s "$PWD"/fastnas/* "$shim/fastnas/"
-  ln -s "$PWD/kernels" "$shim/fastnas/kernels"
-  export PYTHONPATH="$shim${PYTHONPATH:+:$PYTHONPATH}"
+  # From a checkout, `import fastnas` serves `fastnas.kernels` from kernels/ itself (see
+  # fastnas/__init__.py): putting the repository on PYTHONPATH is enough, no install needed.
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   python -c "import fastnas.kernels"
 }
 

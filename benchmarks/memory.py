@@ -1,7 +1,7 @@
 """Peak memory of a DARTS search step for one configuration, with a per-cell / per-op breakdown.
 
     python benchmarks/memory.py                                  # the paper's search, fast path
-    python benchmarks/memory.py --backend reference --order 2 --batch-size 8
+    python benchmarks/memory.py --supernet reference --order 2 --batch-size 8
     python benchmarks/memory.py --precision bf16 --checkpointing --json out.json
 
 Prints ``fastnas.profiling.format_report(profile_memory(...))``: the peak memory growth of one
@@ -27,8 +27,8 @@ from fastnas.profiling import format_report, profile_memory  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "torch", "triton"])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--supernet", default="fast", choices=["reference", "fast"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "fp64"])
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--order", type=int, default=1, choices=[1, 2])
     p.add_argument("--batch-size", type=int, default=None, help="default 8 on CPU, 64 on CUDA")
@@ -44,7 +44,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else (
         "cuda" if torch.cuda.is_available() else "cpu")
-    config = dict(backend=args.backend, precision=args.precision,
+    config = dict(supernet=args.supernet, precision=args.precision,
                   checkpointing=args.checkpointing, order=args.order, channels=args.channels,
                   layers=args.layers, device=device, seed=0)
     report = profile_memory(config, batch_size=args.batch_size or (64 if device == "cuda" else 8),

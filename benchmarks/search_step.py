@@ -3,7 +3,7 @@
     python benchmarks/search_step.py                      # the full table on the device at hand
     python benchmarks/search_step.py --orders 1 --precisions fp32 --checkpointing off --repeats 5
 
-Every configuration (backend x order x precision x checkpointing) runs in its own subprocess, so
+Every configuration (supernet x order x precision x checkpointing) runs in its own subprocess, so
 that peak memory is not contaminated by an earlier configuration: the subprocess builds a
 ``DARTSOptimizer`` for the paper's search network (C=16, 8 cells, 10 classes) on a synthetic
 batch of 32x32 RGB images, measures the peak memory growth of its first step (peak RSS minus RSS
@@ -12,9 +12,9 @@ before the step on the CPU, ``max_memory_allocated`` growth on CUDA; see
 the CPU, process CPU time). With ``--repeats R`` the whole sweep runs R times, configurations
 interleaved, and each figure is the median over rounds of the per-round medians, so a slow
 patch on a shared machine hits every configuration alike. Speed-ups and memory ratios are
-against the reference backend of the same order, precision and checkpointing setting.
+against the reference supernet of the same order, precision and checkpointing setting.
 
-Before timing, the fast backend's logits are checked against the reference's on the benchmark
+Before timing, the fast supernet's logits are checked against the reference's on the benchmark
 batch (same initial state; max relative difference printed). Prints a markdown table and writes
 the rows to CSV (``--csv``, default ``benchmarks/out/search_step.csv``) with machine and version
 columns. The pytest-benchmark suite ``benchmarks/bench_search_step.py`` times the same steps.
@@ -47,10 +47,10 @@ IMAGE_SIZE = 32
 
 
 # -- shared setup (also used by bench_search_step.py) ---------------------------------------------
-def make_config(backend: str, order: int, precision: str, checkpointing: bool, batch_size: int,
+def make_config(supernet: str, order: int, precision: str, checkpointing: bool, batch_size: int,
                 device: str, **overrides) -> dict:
-    """The DARTS config of one benchmark row ("fast" is the default ``auto`` backend)."""
-    return dict(PAPER, backend="auto" if backend == "fast" else backend, order=order,
+    """The DARTS config of one benchmark row (``supernet``: ``reference`` or ``fast``)."""
+    return dict(PAPER, supernet=supernet, order=order,
                 precision=precision, checkpointing=checkpointing, batch_size=batch_size,
                 device=device, seed=0, num_steps=1, **overrides)
 
@@ -98,7 +98,7 @@ def machine() -> Dict[str, str]:
 def run_worker(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    cfg = make_config(spec["backend"], spec["order"], spec["precision"], spec["checkpointing"],
+    cfg = make_config(spec["supernet"], spec["order"], spec["precision"], spec["checkpointing"],
                       spec["batch_size"], spec["device"])
     opt, step = make_step(cfg)
     peak, before, method, first = measure_step_peak(step, opt.device)
@@ -111,12 +111,12 @@ def run_worker(spec: dict) -> dict:
     return {"peak_bytes": peak, "baseline_bytes": before, "peak_method": method,
             "first_step_s": first, "wall_s": statistics.median(wall),
             "cpu_s": statistics.median(cpu), "model": type(opt.model).__name__,
-            "resolved_backend": getattr(opt.model, "backend", "reference"),
+            "kernels": opt.kernels,
             "threads": torch.get_num_threads()}
 
 
 def check_logits(device: str, batch_size: int) -> float:
-    """Max relative logit difference of the fast backend vs the reference, same state."""
+    """Max relative logit difference of the fast supernet vs the reference, same state."""
     ref = DARTSOptimizer(make_config("reference", 1, "fp32", False, batch_size, device))
     fast = DARTSOptimizer(make_config("fast", 1, "fp32", False, batch_size, device))
     fast.model.load_state_dict(ref.model.state_dict())
@@ -140,33 +140,33 @@ def sweep(args) -> List[dict]:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     batch_size = args.batch_size or (64 if device == "cuda" else 8)
-    specs = [dict(backend=b, order=o, precision=p, checkpointing=c == "on", device=device,
+    specs = [dict(supernet=b, order=o, precision=p, checkpointing=c == "on", device=device,
                   batch_size=batch_size, steps=args.steps, threads=args.threads)
              for o in args.orders for p in args.precisions for c in args.checkpointing
-             for b in args.backends]
+             for b in args.supernets]
     results: Dict[int, List[dict]] = {i: [] for i in range(len(specs))}
     for r in range(args.repeats):
         for i, spec in enumerate(specs):
             res = spawn(spec)
             results[i].append(res)
-            print(f"round {r + 1}/{args.repeats} {spec['backend']:9s} order {spec['order']} "
+            print(f"round {r + 1}/{args.repeats} {spec['supernet']:9s} order {spec['order']} "
                   f"{spec['precision']} ckpt {'on ' if spec['checkpointing'] else 'off'}: "
                   f"{res['wall_s']:.2f} s/step, peak +{res['peak_bytes'] / 2**20:.0f} MiB",
                   file=sys.stderr, flush=True)
     rows = []
     for i, spec in enumerate(specs):
         runs = results[i]
-        med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+        med = lambda key, runs=runs: statistics.median(r[key] for r in runs)  # noqa: E731
         rows.append(dict(spec, wall_s=med("wall_s"), cpu_s=med("cpu_s"),
                          peak_mib=med("peak_bytes") / 2**20, model=runs[0]["model"],
-                         resolved_backend=runs[0]["resolved_backend"],
+                         kernels=runs[0]["kernels"],
                          threads=runs[0]["threads"], peak_method=runs[0]["peak_method"],
                          rounds=len(runs)))
     for row in rows:
-        ref = next(r for r in rows if r["backend"] == "reference" and r["order"] == row["order"]
+        ref = next(r for r in rows if r["supernet"] == "reference" and r["order"] == row["order"]
                    and r["precision"] == row["precision"]
                    and r["checkpointing"] == row["checkpointing"]) \
-            if "reference" in args.backends else None
+            if "reference" in args.supernets else None
         row["speedup"] = ref["wall_s"] / row["wall_s"] if ref else float("nan")
         row["cpu_speedup"] = ref["cpu_s"] / row["cpu_s"] if ref else float("nan")
         row["memory_ratio"] = row["peak_mib"] / ref["peak_mib"] if ref else float("nan")
@@ -184,15 +184,15 @@ def markdown(rows: List[dict], info: Dict[str, str], logit_diff: float) -> str:
         f"Fast vs reference logits (fp32, same state): max relative difference "
         f"{logit_diff:.1e}.",
         "",
-        "| backend | order | precision | checkpointing | s/step | it/s | speed vs reference "
+        "| supernet | order | precision | checkpointing | s/step | it/s | speed vs reference "
         "| CPU s/step | peak memory growth (MiB) | memory vs reference |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        backend = r["backend"] if r["backend"] == "reference" else f"fast ({r['resolved_backend']})"
+        supernet = r["supernet"] if r["supernet"] == "reference" else f"fast ({r['kernels']})"
         cpu = f"{r['cpu_s']:.2f}" if r["device"] == "cpu" else "-"
         lines.append(
-            f"| {backend} | {r['order']} | {r['precision']} | "
+            f"| {supernet} | {r['order']} | {r['precision']} | "
             f"{'on' if r['checkpointing'] else 'off'} | {r['wall_s']:.2f} | {1 / r['wall_s']:.2f} "
             f"| {r['speedup']:.2f}x | {cpu} | {r['peak_mib']:.0f} | {r['memory_ratio']:.2f}x |")
     return "\n".join(lines)
@@ -203,7 +203,7 @@ def main(argv=None):
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=None, help="default 8 on CPU, 64 on CUDA")
-    p.add_argument("--backends", nargs="+", default=["reference", "fast"],
+    p.add_argument("--supernets", nargs="+", default=["reference", "fast"],
                    choices=["reference", "fast", "torch", "triton"])
     p.add_argument("--orders", nargs="+", type=int, default=[1, 2], choices=[1, 2])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],

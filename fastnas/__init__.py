@@ -1,22 +1,84 @@
-"""fastnas: gradient-based neural architecture search (DARTS, ENAS) for PyTorch."""
-from . import data, enas, genotypes
-from .architect import Architect
-from .config import DARTSConfig
-from .darts import DARTSOptimizer
-from .enas import ENASConfig, ENASOptimizer, MacroArch, MacroNetwork
-from .errors import UserError
-from .genotypes import Genotype
-from .networks import NetworkCIFAR, NetworkImageNet
-from .ops import OPS, PRIMITIVES
-from .supernet import MixedOp, Network, SearchCell
-from .training import (FinalTrainer, TrainConfig, count_multiply_adds, count_parameters,
-                       load_model, train_genotype)
+"""fastnas: gradient-based neural architecture search (DARTS, ENAS) for PyTorch.
 
-__version__ = "0.1.0"
+The layers, each importing only the ones below it (checked by import-linter, see
+``pyproject.toml``)::
+
+    cli                      the ``fastnas`` command line
+    pipeline, profiling      stage runners (search, train) with checkpoints and metrics
+    darts | enas | training  the search strategies and final training
+    supernet | networks      the DARTS supernet (reference and fast) and the final networks
+    genotypes                discrete architectures
+    ops                      candidate ops as modules, the cell plan, fused CPU Functions
+    kernels                  Triton kernels (``kernels/`` in the repository) and their dispatch
+    engine, data, checkpoint, config, console, reproducibility, errors   shared foundations
+"""
+import importlib.abc
+import importlib.util
+import os
+import sys
+import warnings
+
+
+class _CheckoutKernels(importlib.abc.MetaPathFinder):
+    """Serve ``fastnas.kernels`` from ``<repository>/kernels`` when fastnas is imported from a
+    source checkout: ``setup.py`` installs that folder as ``fastnas.kernels``, and a checkout
+    (or a second clone next to an installed one) must import its own kernels, not a copy."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def find_spec(self, name, path=None, target=None):
+        if name != __name__ + ".kernels":
+            return None
+        return importlib.util.spec_from_file_location(
+            name, os.path.join(self.folder, "__init__.py"),
+            submodule_search_locations=[self.folder])
+
+
+def _mount_checkout_kernels() -> None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.isdir(os.path.join(here, "kernels")):  # an installed wheel: kernels/ is in place
+        return
+    folder = os.path.join(os.path.dirname(here), "kernels")
+    if os.path.isfile(os.path.join(folder, "__init__.py")):
+        sys.meta_path.insert(0, _CheckoutKernels(folder))
+
+
+_mount_checkout_kernels()
+
+from . import data, enas, genotypes  # noqa: E402
+from .darts import Architect, DARTSConfig, DARTSOptimizer  # noqa: E402
+from .enas import ENASConfig, ENASOptimizer, MacroArch, MacroNetwork  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .genotypes import Genotype  # noqa: E402
+from .networks import NetworkCIFAR, NetworkImageNet  # noqa: E402
+from .ops import OPS, PRIMITIVES  # noqa: E402
+from .supernet import FastSearchNetwork, MixedOp, SearchCell, SearchNetwork  # noqa: E402
+from .training import (  # noqa: E402
+    FinalTrainer,
+    TrainConfig,
+    count_multiply_adds,
+    count_parameters,
+    load_model,
+    train_genotype,
+)
+
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    if name == "Network":
+        warnings.warn("fastnas.Network is deprecated: the DARTS supernet is fastnas.SearchNetwork "
+                      "(the final networks are NetworkCIFAR and NetworkImageNet)",
+                      DeprecationWarning, stacklevel=2)
+        return SearchNetwork
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
-    "Architect", "DARTSConfig", "DARTSOptimizer", "ENASConfig", "ENASOptimizer", "Genotype",
-    "MacroArch", "MacroNetwork", "MixedOp", "Network", "NetworkCIFAR", "NetworkImageNet", "OPS",
-    "PRIMITIVES", "SearchCell", "enas", "genotypes", "data", "UserError", "FinalTrainer",
-    "TrainConfig", "count_multiply_adds", "count_parameters", "load_model", "train_genotype",
+    "Architect", "DARTSConfig", "DARTSOptimizer", "ENASConfig", "ENASOptimizer",
+    "FastSearchNetwork", "FinalTrainer", "Genotype", "MacroArch", "MacroNetwork", "MixedOp",
+    "NetworkCIFAR", "NetworkImageNet", "OPS", "PRIMITIVES", "SearchCell", "SearchNetwork",
+    "TrainConfig", "UserError", "count_multiply_adds", "count_parameters", "data", "enas",
+    "genotypes", "load_model", "train_genotype",
 ]

@@ -54,4 +54,22 @@ def load_checkpoint(path: str) -> Any:
         raise UserError(f"checkpoint {path} is unreadable: {reason}") from None
 
 
-__all__ = ["load_checkpoint", "save_atomic", "to_jsonable", "write_json_atomic"]
+class Resumable:
+    """``save`` / ``load`` for an object whose ``state_dict()`` holds its ``config`` and which
+    is rebuilt by ``cls(config)`` then ``load_state_dict(state)`` (the search optimizers)."""
+
+    def save(self, path: str) -> None:
+        """Write ``state_dict()`` atomically (temp file, then rename)."""
+        save_atomic(self.state_dict(), path)
+
+    @classmethod
+    def load(cls, path: str, **overrides):
+        """Rebuild from a file written by ``save`` (a ``weights_only`` load); ``overrides``
+        replace config keys (e.g. ``device``)."""
+        state = load_checkpoint(path)
+        obj = cls(dict(state["config"], **overrides))
+        obj.load_state_dict(state)
+        return obj
+
+
+__all__ = ["Resumable", "load_checkpoint", "save_atomic", "to_jsonable", "write_json_atomic"]

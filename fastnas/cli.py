@@ -1,17 +1,15 @@
-"""The ``fastnas`` command line: ``search``, ``train``, and ``run`` (search, then train).
+"""The ``fastnas`` command line: argument parsing, and one exit status per outcome.
 
     fastnas run --dataset digits                  # the whole pipeline, minutes on a laptop CPU
     fastnas search --method darts --dataset cifar10 --data-dir data
     fastnas train --genotype runs/cifar10-search/genotype.json --dataset cifar10
 
-Settings left out fall back to per-dataset defaults (``SEARCH_DEFAULTS``, ``TRAIN_DEFAULTS``): the
-paper's for CIFAR-10, small quick ones for digits. A resumed run takes its settings from its
-checkpoint; a flag that contradicts the checkpoint is an error (``--epochs`` may change).
+The stages themselves (data, checkpoints, metrics, resume policy) are ``fastnas.pipeline``'s;
+this module maps flags to their settings. A subcommand is one ``_add_<name>_command`` function
+in ``COMMANDS``.
 
-Bad input raises :class:`UserError`; ``main`` prints it as one line and returns 2. Ctrl-C prints
-where the last checkpoint is and how to resume, and returns 130. A subcommand is one
-``_add_<name>_command`` function in ``COMMANDS``; search methods are ``SearchMethod``
-entries of ``SEARCH_METHODS``.
+Exit statuses: 0 done; 2 bad input (``UserError``, printed as one ``fastnas: error: ...``
+line); 1 an operating-system error (e.g. a full disk); 130 Ctrl-C (with the resume command).
 """
 from __future__ import annotations
 
@@ -19,42 +17,22 @@ import argparse
 import os
 import shlex
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from . import data
-from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
-from .darts import DARTSOptimizer
+from . import __version__, data
 from .errors import UserError
-from .genotypes import PUBLISHED, Genotype
-from .progress import Progress
-from .reproducibility import resolve_device
-from .training import FinalTrainer
-
-SEARCH_DEFAULTS = {
-    "digits": {"epochs": 8, "layers": 5, "channels": 8, "batch_size": 64, "seed": 2},
-    "cifar10": {"epochs": 50, "layers": 8, "channels": 16, "batch_size": 64, "seed": 2},
-}
-TRAIN_DEFAULTS = {
-    "digits": {"epochs": 30, "layers": 5, "channels": 16, "batch_size": 128, "auxiliary": False,
-               "cutout": 0, "seed": 0},
-    "cifar10": {"epochs": 600, "layers": 20, "channels": 36, "batch_size": 96, "auxiliary": True,
-                "cutout": 16, "seed": 0},
-}
-SEARCH_METHOD_NAMES = ("darts", "enas")
-EVAL_BATCH_SIZE = 256
-
-
-class Interrupted(Exception):
-    """Ctrl-C during a stage; the message says what was lost and where the checkpoint is."""
-
-    def __init__(self, message: str, resumable: bool):
-        super().__init__(message)
-        self.resumable = resumable
+from .genotypes import PUBLISHED
+from .pipeline import (
+    SEARCH_METHODS,
+    Interrupted,
+    StageOptions,
+    resolve_genotype,
+    run_pipeline,
+    search_stage,
+    train_stage,
+)
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -126,7 +104,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g = p.add_argument_group("search")
-    g.add_argument("--method", choices=SEARCH_METHOD_NAMES, default="darts",
+    g.add_argument("--method", choices=tuple(SEARCH_METHODS), default="darts",
                    help="search strategy (default: darts)")
     g.add_argument(f"--{prefix}epochs", type=positive_int, metavar="N",
                    help="search epochs (digits: 8, cifar10: 50)")
@@ -190,396 +168,9 @@ def _given(args: argparse.Namespace, keys, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
-# -- shared stage plumbing ------------------------------------------------------------------------
-@dataclass
-class CommonFlags:
-    """The flags every stage reads (data, device, files, output style)."""
-
-    dataset: Optional[str]
-    data_dir: str
-    download: bool
-    limit: Optional[int]
-    device: str
-    workers: Optional[int]
-    threads: Optional[int]
-    resume: bool
-    quiet: bool
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "CommonFlags":
-        return cls(args.dataset, args.data_dir, args.download, args.limit, args.device,
-                   args.workers, args.threads, args.resume, args.quiet)
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def _prepare_output(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to output directory {path}: {e.strerror or e}") from None
-
-
-def _check_device(name: str):
-    try:
-        return resolve_device(name)
-    except (RuntimeError, ValueError) as e:
-        raise UserError(f"--device {name}: {e}") from None
-
-
-def _build(factory: Callable[[], Any]) -> Any:
-    """Run a validating constructor; its ValueError/TypeError is the user's settings' fault."""
-    try:
-        return factory()
-    except (TypeError, ValueError) as e:
-        raise UserError(str(e)) from None
-
-
-def _load_resume_state(flags: CommonFlags, path: str, kind: str) -> Optional[dict]:
-    """The checkpoint to resume from, or None (no --resume, or no checkpoint yet)."""
-    if not flags.resume:
-        return None
-    if not os.path.exists(path):
-        _log(f"no checkpoint at {path}; starting a new {kind}")
-        return None
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or "config" not in state or "run" not in state:
-        raise UserError(f"{path} is not a fastnas {kind} checkpoint")
-    return state
-
-
-def _resolve_data(flags: CommonFlags, state: Optional[dict],
-                  path: str) -> Tuple[str, Optional[int]]:
-    """``(dataset, limit)``: the checkpoint's when resuming (a contradicting flag is an error),
-    else the flags' (digits by default)."""
-    if state is None:
-        return flags.dataset or "digits", flags.limit
-    saved = state["run"]
-    for flag, key in (("--dataset", "dataset"), ("--limit", "limit")):
-        given = getattr(flags, key)
-        if given is not None and given != saved.get(key):
-            raise UserError(f"{flag} {given} does not match the checkpoint {path} "
-                            f"({key} {saved.get(key)}); drop the flag or drop --resume")
-    return saved["dataset"], saved.get("limit")
-
-
-def _check_unchanged(given: Mapping[str, Any], config: Mapping[str, Any], path: str) -> None:
-    for key, value in given.items():
-        if key != "epochs" and key in config and config[key] != value:
-            flag = "--" + {"drop_path_prob": "drop-path"}.get(key, key.replace("_", "-"))
-            raise UserError(f"{flag} {value} does not match the checkpoint {path} "
-                            f"({key} {config[key]}); drop the flag or drop --resume")
-
-
-def _load_data(flags: CommonFlags, dataset: str, loader: Callable[[], Any]):
-    if flags.download and dataset == "cifar10":
-        folder = data.cifar10_folder(flags.data_dir)
-        if not os.path.isdir(folder):
-            _log(f"downloading CIFAR-10 into {flags.data_dir}")
-            data.download_cifar10(flags.data_dir)
-    return loader()
-
-
-def _check_size(smallest: int, limit: Optional[int]) -> None:
-    if smallest < 2:
-        raise UserError(f"--limit {limit} leaves {smallest} image(s) in a split; "
-                        "training needs at least 2")
-
-
-def _workers(flags: CommonFlags, dataset: str) -> int:
-    return data.default_workers(dataset) if flags.workers is None else flags.workers
-
-
-def _set_threads(flags: CommonFlags, dataset: str) -> None:
-    """Digits' tensors are too small to gain from intra-op threads, and threads that wait on
-    each other lose several times over when other processes share the cores: one by default."""
-    threads = flags.threads or (1 if dataset == "digits" else None)
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
-
-
-def _interrupted(kind: str, done: int, total: int, checkpoint: str, saved: bool) -> Interrupted:
-    if saved:
-        return Interrupted(f"{kind} interrupted in epoch {done + 1}/{total}; the last checkpoint "
-                           f"{checkpoint} holds {done} finished epoch(s)", resumable=True)
-    return Interrupted(f"{kind} interrupted in epoch {done + 1}/{total} before any checkpoint "
-                       f"was written", resumable=False)
-
-
-def _epochs(n: int) -> str:
-    return f"{n} epoch" + ("" if n == 1 else "s")
-
-
-def _print_block(title: str, rows: List[Tuple[str, Any]]) -> None:
-    width = max(len(label) for label, _ in rows)
-    print(title)
-    for label, value in rows:
-        values = value if isinstance(value, list) else [value]
-        for i, v in enumerate(values):
-            print(f"  {(label if i == 0 else ''):<{width}}  {v}")
-    sys.stdout.flush()
-
-
-# -- search ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SearchMethod:
-    """How ``_search`` drives one strategy: its optimizer class, the names its config gives the
-    command line's settings, and how it scores the architecture it returns."""
-
-    name: str
-    optimizer: Callable[[Mapping[str, Any]], Any]
-    config_keys: Mapping[str, str]
-    scored: str
-
-    def config_given(self, given: Mapping[str, Any]) -> Dict[str, Any]:
-        for key in given:
-            if key not in self.config_keys:
-                flag = "--" + key.replace("_", "-")
-                raise UserError(f"{flag} does not apply to --method {self.name}")
-        return {self.config_keys[k]: v for k, v in given.items()}
-
-
-def _enas_optimizer(config):
-    from .enas import ENASOptimizer  # imported on use: the CLI starts faster without it
-
-    return ENASOptimizer(config)
-
-
-_COMMON_KEYS = {"epochs": "epochs", "channels": "channels", "batch_size": "batch_size",
-                "seed": "seed"}
-DARTS_METHOD = SearchMethod("darts", DARTSOptimizer, {**_COMMON_KEYS, "layers": "layers",
-                                                      "order": "order"},
-                            scored="supernet")
-ENAS_METHOD = SearchMethod("enas", _enas_optimizer, {**_COMMON_KEYS, "layers": "num_layers"},
-                           scored="derived child with the shared weights")
-
-
-def _search(method: SearchMethod, flags: CommonFlags, given: Dict[str, Any],
-            output: str) -> Tuple[Genotype, dict]:
-    paths = {name: os.path.join(output, name)
-             for name in ("genotype.json", "metrics.json", "checkpoint.pt")}
-    checkpoint = paths["checkpoint.pt"]
-    device = _check_device(flags.device)
-    state = _load_resume_state(flags, checkpoint, "search")
-    dataset, limit = _resolve_data(flags, state, checkpoint)
-    info = data.dataset_info(dataset)
-    _set_threads(flags, dataset)
-    given = method.config_given(given)
-    if state:
-        if state["run"].get("method", "darts") != method.name:
-            raise UserError(f"{checkpoint} is a {state['run'].get('method')} search; "
-                            f"resume it with --method {state['run'].get('method')}")
-        _check_unchanged(given, state["config"], checkpoint)
-        config = dict(state["config"])
-        total = given.get("epochs", int(state.get("total_epochs", config["num_steps"])))
-    else:
-        defaults = method.config_given(SEARCH_DEFAULTS[dataset])
-        settings = {**defaults, **given}
-        total = settings.pop("epochs")
-        config = dict(settings, in_channels=info.in_channels, num_classes=info.num_classes)
-    config.update(num_steps=total, device=str(device))
-    run_info = {"method": method.name, "dataset": dataset, "limit": limit}
-
-    split = _load_data(flags, dataset, lambda: data.search_data(dataset, flags.data_dir, limit))
-    _check_size(len(split.arch), limit)
-    _prepare_output(output)
-    optimizer = _build(lambda: method.optimizer(config))
-    if state:
-        optimizer.load_state_dict(state)
-    cfg = optimizer.config
-    seed, workers = cfg.seed or 0, _workers(flags, dataset)
-    train_loader = data.make_loader(split.weights, cfg.batch_size, shuffle=True, device=device,
-                                    seed=seed, stream=0, num_workers=workers)
-    val_loader = data.make_loader(split.arch, cfg.batch_size, shuffle=True, device=device,
-                                  seed=seed, stream=1, num_workers=workers)
-    eval_loader = data.make_loader(split.arch_eval, EVAL_BATCH_SIZE, shuffle=False,
-                                   device=device, num_workers=workers)
-    loaders = [train_loader, val_loader]
-    data.set_epoch(loaders, optimizer.epoch)
-
-    size = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("layers", "num_layers", "channels",
-                                                          "batch_size", "order", "search_space")
-                     if hasattr(cfg, k))
-    _log(f"search: {method.name} on {dataset} ({len(split.weights)} weight + {len(split.arch)} "
-         f"architecture images), {size}, epochs {optimizer.epoch}->{total}, "
-         f"device {device}, output {output}")
-    started = time.perf_counter()
-    saved = state is not None
-
-    def metrics(final: Optional[dict], arch=None) -> dict:
-        if arch is None:
-            arch = optimizer.genotype() if method is DARTS_METHOD else optimizer.ask(greedy=True)
-        return {"method": method.name, "dataset": dataset, "complete": final is not None,
-                "epochs": optimizer.epoch,
-                "val_accuracy": final["accuracy"] if final else None,
-                "val_loss": final["loss"] if final else None,
-                "genotype": str(arch),
-                "seconds": sum(r["seconds"] for r in optimizer.history),
-                "config": cfg.to_dict(), "history": optimizer.history}
-
-    with Progress("search", total, optimizer.epoch, len(train_loader),
-                  bars=False if flags.quiet else None) as progress:
-        def on_epoch(opt: DARTSOptimizer, record: dict) -> None:
-            nonlocal saved
-            data.set_epoch(loaders, opt.epoch)
-            save_atomic({**opt.state_dict(), "run": run_info}, checkpoint)
-            saved = True
-            write_json_atomic(metrics(None), paths["metrics.json"])
-            val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""
-            progress.epoch(record["epoch"],
-                           f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
-                           f"  val {val_loss}acc {record['val_acc']:.3f}"
-                           f"  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
-
-        try:
-            genotype = optimizer.search(train_loader, val_loader, epochs=total, callback=on_epoch,
-                             on_step=lambda opt, s: progress.step(s["train_loss"], s["train_acc"]))
-        except KeyboardInterrupt:
-            raise _interrupted("search", optimizer.epoch, total, checkpoint, saved) from None
-
-    if method is DARTS_METHOD:
-        final = optimizer.evaluate(eval_loader)
-    else:
-        final = optimizer.evaluate(eval_loader, genotype)
-    genotype.save(paths["genotype.json"])
-    result = metrics(final, genotype)
-    write_json_atomic(result, paths["metrics.json"])
-    _print_block(f"search finished: {method.name} on {dataset}, {_epochs(optimizer.epoch)} "
-                 f"in {_duration(time.perf_counter() - started)}",
-                 [("genotype", str(genotype)),
-                  ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}, architecture "
-                                   "half of the train split)"),
-                  ("files", list(paths.values()))])
-    return genotype, result
-
-
-# A method takes the common flags, the search settings the user gave and the output folder; it
-# writes genotype.json, metrics.json (with "dataset" and "val_accuracy") and checkpoint.pt there
-# and returns (genotype, metrics). `fastnas run` trains the genotype it returns.
-SEARCH_METHODS: Dict[str, SearchMethod] = {"darts": DARTS_METHOD, "enas": ENAS_METHOD}
-
-
-def search_stage(flags: CommonFlags, method: str, given: Dict[str, Any], output: str):
-    """Run search ``method``; returns ``(genotype, metrics)``."""
-    if method not in SEARCH_METHODS:
-        raise UserError(f"unknown search method {method!r}; use --method "
-                        f"{' or '.join(SEARCH_METHODS)}")
-    return _search(SEARCH_METHODS[method], flags, given, output)
-
-
-# -- final training -------------------------------------------------------------------------------
-def resolve_genotype(text: str) -> Genotype:
-    """A genotype file (JSON or printed text), a published cell name, or ``Genotype(...)`` text."""
-    if os.path.exists(text):
-        try:
-            return Genotype.load(text)
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            reason = getattr(e, "strerror", None) or str(e)
-            raise UserError(f"cannot read genotype file {text}: {reason}") from None
-    if text in PUBLISHED:
-        return PUBLISHED[text]
-    if text.lstrip().startswith("Genotype("):
-        try:
-            return Genotype.parse(text)
-        except ValueError as e:
-            raise UserError(f"cannot parse the --genotype text: {e}") from None
-    if os.sep in text or "/" in text or text.endswith((".json", ".txt")):
-        raise UserError(f"genotype file {text} does not exist")
-    raise UserError(f"unknown genotype {text!r}: not a file, nor a published cell "
-                    f"({', '.join(PUBLISHED)})")
-
-
-def train_stage(flags: CommonFlags, given: Dict[str, Any], output: str,
-                genotype: Optional[Genotype] = None) -> Tuple[Genotype, dict]:
-    """Train ``genotype`` (or the checkpoint's, on resume) from scratch; ``(genotype, metrics)``."""
-    paths = {name: os.path.join(output, name) for name in ("model.pt", "metrics.json",
-                                                           "checkpoint.pt")}
-    checkpoint = paths["checkpoint.pt"]
-    device = _check_device(flags.device)
-    state = _load_resume_state(flags, checkpoint, "training")
-    if state is None and genotype is None:
-        raise UserError("train needs --genotype FILE|NAME: a genotype.json written by "
-                        f"fastnas search, or a published cell ({', '.join(PUBLISHED)})")
-    dataset, limit = _resolve_data(flags, state, checkpoint)
-    info = data.dataset_info(dataset)
-    _set_threads(flags, dataset)
-    if state:
-        saved_genotype = Genotype.parse(state["genotype"])
-        if genotype is not None and genotype != saved_genotype:
-            raise UserError(f"the genotype differs from the one being trained in {checkpoint}; "
-                            "drop --resume to start over")
-        genotype = saved_genotype
-        _check_unchanged(given, state["config"], checkpoint)
-        config = dict(state["config"], epochs=given.get("epochs", state["config"]["epochs"]))
-    else:
-        config = {**TRAIN_DEFAULTS[dataset], **given, "in_channels": info.in_channels,
-                  "num_classes": info.num_classes}
-    config["device"] = str(device)
-    run_info = {"dataset": dataset, "limit": limit}
-
-    trainer = _build(lambda: FinalTrainer(genotype, config))
-    if state:
-        trainer.load_state_dict(state)
-    cfg = trainer.config
-    train_set, test_set = _load_data(flags, dataset, lambda: (
-        data.load_split(dataset, "train", flags.data_dir, augment=True, cutout=cfg.cutout,
-                        limit=limit),
-        data.load_split(dataset, "test", flags.data_dir, limit=limit)))
-    _check_size(min(len(train_set), len(test_set)), limit)
-    _prepare_output(output)
-    workers = _workers(flags, dataset)
-    train_loader = data.make_loader(train_set, cfg.batch_size, shuffle=True, device=device,
-                                    seed=cfg.seed, stream=2, num_workers=workers)
-    test_loader = data.make_loader(test_set, EVAL_BATCH_SIZE, shuffle=False, device=device,
-                                   num_workers=workers)
-
-    _log(f"train: {dataset} ({len(train_set)} train, {len(test_set)} test images), "
-         f"{cfg.layers} layers x {cfg.channels} channels, batch {cfg.batch_size}, "
-         f"epochs {trainer.epoch}->{cfg.epochs}, device {device}, output {output}")
-    started = time.perf_counter()
-    saved = state is not None
-
-    with Progress("train", cfg.epochs, trainer.epoch, len(train_loader),
-                  bars=False if flags.quiet else None) as progress:
-        def on_epoch(t: FinalTrainer, record: dict) -> None:
-            nonlocal saved
-            save_atomic({**t.state_dict(), "run": run_info}, checkpoint)
-            saved = True
-            write_json_atomic({"dataset": dataset, **t.metrics()}, paths["metrics.json"])
-            progress.epoch(record["epoch"],
-                           f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
-                           f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.3f}"
-                           f"  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
-
-        try:
-            result = trainer.fit(train_loader, test_loader, callback=on_epoch,
-                                 on_step=lambda t, s: progress.step(s["loss"], s["acc"]))
-        except KeyboardInterrupt:
-            raise _interrupted("training", trainer.epoch, cfg.epochs, checkpoint, saved) from None
-
-    result = {"dataset": dataset, **result}
-    trainer.save_model(paths["model.pt"], dataset=dataset, test_accuracy=result["test_accuracy"])
-    write_json_atomic(result, paths["metrics.json"])
-    _print_block(f"training finished: {dataset}, {_epochs(trainer.epoch)} "
-                 f"in {_duration(time.perf_counter() - started)}",
-                 [("genotype", str(genotype)),
-                  ("test accuracy", f"{result['test_accuracy']:.4f} (best "
-                                    f"{result['best_test_accuracy']:.4f} at epoch "
-                                    f"{result['best_epoch'] + 1})"),
-                  ("parameters", f"{result['params'] / 1e6:.3f} M (without the auxiliary head)"),
-                  ("multiply-adds", f"{result['multiply_adds'] / 1e6:.2f} M per image"),
-                  ("files", list(paths.values()))])
-    return genotype, result
+def _options(args: argparse.Namespace) -> StageOptions:
+    return StageOptions(args.dataset, args.data_dir, args.download, args.limit, args.device,
+                        args.workers, args.threads, args.resume, args.quiet)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -588,32 +179,21 @@ def _default_output(args: argparse.Namespace, command: str) -> str:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    search_stage(CommonFlags.from_args(args), args.method, _given(args, SEARCH_KEYS),
+    search_stage(_options(args), args.method, _given(args, SEARCH_KEYS),
                  _default_output(args, "search"))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     genotype = resolve_genotype(args.genotype) if args.genotype is not None else None
-    train_stage(CommonFlags.from_args(args), _given(args, TRAIN_KEYS),
-                _default_output(args, "train"), genotype)
+    train_stage(_options(args), _given(args, TRAIN_KEYS), _default_output(args, "train"),
+                genotype)
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    output = _default_output(args, "run")
-    flags = CommonFlags.from_args(args)
-    started = time.perf_counter()
-    genotype, searched = search_stage(flags, args.method, _given(args, SEARCH_KEYS, "search_"),
-                                      os.path.join(output, "search"))
-    flags.dataset = searched["dataset"]
-    _, trained = train_stage(flags, _given(args, TRAIN_KEYS, "train_"),
-                             os.path.join(output, "train"), genotype)
-    _print_block(f"pipeline finished in {_duration(time.perf_counter() - started)}",
-                 [("search", f"val accuracy {searched['val_accuracy']:.4f} -> "
-                             f"{os.path.join(output, 'search', 'genotype.json')}"),
-                  ("train", f"test accuracy {trained['test_accuracy']:.4f} -> "
-                            f"{os.path.join(output, 'train', 'model.pt')}")])
+    run_pipeline(_options(args), args.method, _given(args, SEARCH_KEYS, "search_"),
+                 _given(args, TRAIN_KEYS, "train_"), _default_output(args, "run"))
     return 0
 
 
@@ -653,8 +233,6 @@ COMMANDS: List[Callable[[Any], None]] = [_add_search_command, _add_train_command
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__  # here, not at the top: the package may import this module
-
     parser = _Parser(prog="fastnas", description="Neural architecture search (DARTS, ENAS) "
                                                  "and final training from the command line.")
     parser.add_argument("--version", action="version", version=f"fastnas {__version__}")
@@ -698,5 +276,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.set_num_threads(threads)
 
 
-__all__ = ["COMMANDS", "SEARCH_DEFAULTS", "SEARCH_METHODS", "TRAIN_DEFAULTS", "build_parser",
-           "main", "resolve_genotype", "search_stage", "train_stage"]
+__all__ = ["COMMANDS", "build_parser", "main"]

@@ -1,16 +1,33 @@
-"""Validated configuration of the DARTS search; defaults are the paper's CIFAR-10 search settings."""
+"""The validated-config base shared by ``DARTSConfig``, ``ENASConfig`` and ``TrainConfig``.
+
+A config is a dataclass whose fields declare their own check::
+
+    @dataclass
+    class MyConfig(Config):
+        lr: float = number(0.025, low=0, low_open=True)
+        lr_min: float = number(0.0, low=0, high="lr")      # a bound may name another field
+        epochs: int = integer(600, low=1)
+        clip: Optional[float] = number(5.0, low=0, low_open=True, optional=True)
+        mode: str = choice("fp32", ("fp32", "bf16"))
+
+``Config.__post_init__`` runs every check, in field order, and raises a ``TypeError`` (wrong
+type) or ``ValueError`` (out of range) whose message names the key, the value and what was
+expected. ``from_dict`` refuses unknown keys by name; ``to_dict`` gives plain values that
+``from_dict`` reads back to an equal config.
+"""
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, TypeVar, Union
 
-BACKENDS = ("auto", "reference", "torch", "triton")
-PRECISIONS = ("fp32", "bf16", "fp16")
+C = TypeVar("C", bound="Config")
+Bound = Union[None, int, float, str]
 
 
-def _check_int(name, value, low=None, high=None, choices=None):
+def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None,
+              choices: Optional[Sequence[int]] = None) -> None:
+    """``value`` is an int (not a bool) in ``[low, high]`` and in ``choices`` if given."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
     if choices is not None and value not in choices:
@@ -21,7 +38,9 @@ def _check_int(name, value, low=None, high=None, choices=None):
         raise ValueError(f"{name} must be <= {high}, got {value!r}")
 
 
-def _check_float(name, value, low=None, high=None, low_open=False, high_open=False):
+def check_float(name: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
+                low_open: bool = False, high_open: bool = False) -> None:
+    """``value`` is a finite real number (int or float, not a bool) within the bounds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     if not math.isfinite(value):
@@ -32,14 +51,21 @@ def _check_float(name, value, low=None, high=None, low_open=False, high_open=Fal
         raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
 
 
-def _check_choice(name, value, choices):
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """``value`` is one of the strings ``choices``."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
-def check_device(name, value):
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+def check_device(name: str, value: Any) -> None:
+    """``'auto'`` or a string ``torch.device`` accepts (whether it exists is checked on use)."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string such as 'auto', 'cpu' or 'cuda', got {value!r}")
     if value != "auto":
@@ -52,86 +78,90 @@ def check_device(name, value):
                              f"got {value!r}") from None
 
 
-@dataclass
-class DARTSConfig:
-    """DARTS search settings (Liu et al., 2019). ``num_steps`` is the number of search epochs.
+# -- field declarations ---------------------------------------------------------------------------
+def _field(default: Any, check: Callable[[str, Any, Config], None], optional: bool) -> Any:
+    def run(name: str, value: Any, config: Config) -> None:
+        if value is None and optional:
+            return
+        check(name, value, config)
 
-    Weights: SGD with ``learning_rate_w`` cosine-annealed per epoch to ``lr_min``, ``momentum``,
-    ``weight_decay`` and gradient-norm clipping ``grad_clip`` (weights only; None disables).
-    Alphas: Adam with ``learning_rate_alpha``, betas (0.5, 0.999), ``arch_weight_decay``.
-    ``order`` 1 is the first-order approximation, 2 the unrolled (second-order) step whose
-    Hessian-vector product uses the finite-difference radius ``hessian_r / ||v||``.
-    """
+    return dataclasses.field(default=default, metadata={"check": run})
 
-    learning_rate_w: float = 0.025
-    learning_rate_alpha: float = 3e-4
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: Optional[float] = 5.0
-    num_nodes: int = 4
-    num_steps: int = 50
-    channels: int = 16
-    num_classes: int = 10
-    layers: int = 8
-    batch_size: int = 64
-    order: int = 1
-    arch_weight_decay: float = 1e-3
-    lr_min: float = 0.001
-    in_channels: int = 3
-    seed: Optional[int] = 2
-    precision: str = "fp32"
-    checkpointing: bool = False
-    backend: str = "auto"
-    device: str = "auto"
-    hessian_r: float = 0.01
 
-    def __post_init__(self):
-        _check_float("learning_rate_w", self.learning_rate_w, low=0, low_open=True)
-        _check_float("learning_rate_alpha", self.learning_rate_alpha, low=0, low_open=True)
-        _check_float("momentum", self.momentum, low=0, high=1, high_open=True)
-        _check_float("weight_decay", self.weight_decay, low=0)
-        if self.grad_clip is not None:
-            _check_float("grad_clip", self.grad_clip, low=0, low_open=True)
-        _check_int("num_nodes", self.num_nodes, low=1, high=16)
-        _check_int("num_steps", self.num_steps, low=1)
-        _check_int("channels", self.channels, low=1)
-        _check_int("num_classes", self.num_classes, low=2)
-        _check_int("layers", self.layers, low=1)
-        _check_int("batch_size", self.batch_size, low=1)
-        _check_int("order", self.order, choices=(1, 2))
-        _check_float("arch_weight_decay", self.arch_weight_decay, low=0)
-        _check_float("lr_min", self.lr_min, low=0, high=self.learning_rate_w)
-        _check_int("in_channels", self.in_channels, low=1)
-        if self.seed is not None:
-            _check_int("seed", self.seed, low=0)
-        _check_choice("precision", self.precision, PRECISIONS)
-        if not isinstance(self.checkpointing, bool):
-            raise TypeError(f"checkpointing must be True or False, got {self.checkpointing!r}")
-        _check_choice("backend", self.backend, BACKENDS)
-        check_device("device", self.device)
-        _check_float("hessian_r", self.hessian_r, low=0, low_open=True)
+def _resolve(bound: Bound, config: Config) -> Optional[float]:
+    return getattr(config, bound) if isinstance(bound, str) else bound
+
+
+def integer(default: Optional[int], low: Bound = None, high: Bound = None,
+            choices: Optional[Sequence[int]] = None, optional: bool = False) -> Any:
+    """A field checked by ``check_int``; a bound given as a string is another field's value."""
+    return _field(default, lambda n, v, c: check_int(n, v, _resolve(low, c), _resolve(high, c),
+                                                      choices), optional)
+
+
+def number(default: Optional[float], low: Bound = None, high: Bound = None,
+           low_open: bool = False, high_open: bool = False, optional: bool = False) -> Any:
+    """A field checked by ``check_float``; a bound given as a string is another field's value."""
+    return _field(default, lambda n, v, c: check_float(n, v, _resolve(low, c), _resolve(high, c),
+                                                        low_open, high_open), optional)
+
+
+def choice(default: Optional[str], choices: Sequence[str], optional: bool = False) -> Any:
+    """A field holding one of ``choices``."""
+    return _field(default, lambda n, v, c: check_choice(n, v, choices), optional)
+
+
+def flag(default: bool) -> Any:
+    """A True/False field."""
+    return _field(default, lambda n, v, c: check_bool(n, v), False)
+
+
+def device(default: str = "auto") -> Any:
+    """A device field: ``'auto'`` or a torch device string."""
+    return _field(default, lambda n, v, c: check_device(n, v), False)
+
+
+class Config:
+    """Base of fastnas's configs (see the module docstring). Subclasses are dataclasses."""
+
+    def __post_init__(self) -> None:
+        self.resolve_defaults()
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            if check is not None:
+                check(f.name, getattr(self, f.name), self)
+        self.validate()
+
+    def resolve_defaults(self) -> None:
+        """Fill fields whose default depends on other fields (before the checks)."""
+
+    def validate(self) -> None:
+        """Checks that involve several fields (after the per-field checks)."""
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "DARTSConfig":
-        return config_from_dict(cls, values)
+    def from_dict(cls: type[C], values: Union[Mapping[str, Any], C, None]) -> C:
+        """Build from a mapping (or return a config of this class as is); unknown keys raise a
+        ValueError naming them and listing the known keys."""
+        if isinstance(values, cls):
+            return values
+        if values is None:
+            return cls()
+        if not isinstance(values, Mapping):
+            raise TypeError(f"config must be a dict or {cls.__name__}, got "
+                            f"{type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-
-def config_from_dict(cls, values: Union[Mapping[str, Any], Any]):
-    """Build the dataclass ``cls`` from a mapping; unknown keys raise ValueError naming them."""
-    if isinstance(values, cls):
-        return values
-    if values is None:
-        return cls()
-    if not isinstance(values, Mapping):
-        raise TypeError(f"config must be a dict or {cls.__name__}, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-    return cls(**values)
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied, validated again."""
+        return dataclasses.replace(self, **changes)
 
 
-__all__ = ["DARTSConfig", "BACKENDS", "PRECISIONS", "config_from_dict", "check_device"]
+__all__ = ["Config", "check_bool", "check_choice", "check_device", "check_float", "check_int",
+           "choice", "device", "flag", "integer", "number"]

@@ -22,7 +22,8 @@ _FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
 def _check_cell(kind: str, edges: Sequence[Edge], concat: Sequence[int]) -> None:
     if len(edges) == 0 or len(edges) % 2:
-        raise ValueError(f"{kind}: a cell needs two (op, input) pairs per node, got {len(edges)} pairs")
+        raise ValueError(f"{kind}: a cell needs two (op, input) pairs per node, got "
+                         f"{len(edges)} pairs")
     for position, (op, index) in enumerate(edges):
         node = position // 2
         if op not in OPS:
@@ -96,7 +97,7 @@ class Genotype:
     __repr__ = __str__
 
     @classmethod
-    def parse(cls, text: str) -> "Genotype":
+    def parse(cls, text: str) -> Genotype:
         """Parse ``str(genotype)`` or the DARTS code's printed form (``range(a, b)`` concat).
 
         Raises ValueError naming what is wrong; never evaluates the text.
@@ -115,7 +116,7 @@ class Genotype:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Genotype":
+    def from_dict(cls, data: dict) -> Genotype:
         if not isinstance(data, dict):
             raise ValueError(f"genotype JSON must be an object, got {type(data).__name__}")
         missing = [f for f in _FIELDS if f not in data]
@@ -128,7 +129,7 @@ class Genotype:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> "Genotype":
+    def from_json(cls, text: str) -> Genotype:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -140,7 +141,7 @@ class Genotype:
         write_json_atomic(self.to_dict(), path)
 
     @classmethod
-    def load(cls, path: str) -> "Genotype":
+    def load(cls, path: str) -> Genotype:
         """Read a genotype file: JSON, or the printed ``Genotype(...)`` text."""
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -300,4 +301,5 @@ def by_name(name: str) -> Genotype:
     try:
         return PUBLISHED[name]
     except KeyError:
-        raise ValueError(f"unknown published genotype {name!r}; known: {', '.join(PUBLISHED)}") from None
+        raise ValueError(f"unknown published genotype {name!r}; known: "
+                         f"{', '.join(PUBLISHED)}") from None

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .genotypes import Genotype
-from .ops import FactorizedReduce, Identity, ReLUConvBN, drop_path, make_op
+from .ops import FactorizedReduce, Identity, ReLUConvBN, cell_plan, drop_path, make_op
 
 
 class Cell(nn.Module):
@@ -85,18 +85,15 @@ class _Network(nn.Module):
                      aux_stride, aux_second_bn):
         self._layers = layers
         self._auxiliary = auxiliary
-        C_prev_prev, C_prev, C_curr = C_stem, C_stem, C
+        C_prev_prev = C_prev = C_stem
         self.cells = nn.ModuleList()
         C_to_auxiliary = None
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
-            reduction_prev = reduction
+        for spec in cell_plan(layers, C, stem_reduces=reduction_prev):
+            cell = Cell(genotype, C_prev_prev, C_prev, spec.C, spec.reduction,
+                        spec.reduction_prev)
             self.cells.append(cell)
-            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
-            if i == 2 * layers // 3:
+            C_prev_prev, C_prev = C_prev, cell.multiplier * spec.C
+            if spec.index == 2 * layers // 3:
                 C_to_auxiliary = C_prev
         if auxiliary:
             self.auxiliary_head = AuxiliaryHead(C_to_auxiliary, num_classes, aux_stride,
@@ -121,7 +118,8 @@ def _check_args(C, num_classes, layers, genotype):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if layers < 3:
-        raise ValueError(f"layers must be at least 3 (two reduction cells and a normal one), got {layers}")
+        raise ValueError(f"layers must be at least 3 (two reduction cells and a normal one), "
+                         f"got {layers}")
 
 
 class NetworkCIFAR(_Network):
@@ -174,3 +172,6 @@ class NetworkImageNet(_Network):
         s0 = self.stem0(x)
         s1 = self.stem1(s0)
         return self._run_cells(s0, s1)
+
+
+__all__ = ["AuxiliaryHead", "Cell", "NetworkCIFAR", "NetworkImageNet"]

@@ -3,8 +3,8 @@ are, per cell and per op.
 
 ``profile_memory(config, batch_size=None, ...)`` builds a ``DARTSOptimizer`` for ``config`` (a
 ``DARTSConfig`` or a dict), runs search steps on a synthetic batch and returns a
-``MemoryReport``; ``format_report(report)`` renders it as text. ``fastnas profile`` and
-``python benchmarks/memory.py`` print that text.
+``MemoryReport``; ``format_report(report)`` renders it as text. ``python benchmarks/memory.py``
+prints that text.
 
 - Peak memory of one step: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated
   before the step; on the CPU the peak resident set size (``VmHWM``, reset through
@@ -14,7 +14,7 @@ are, per cell and per op.
 - Breakdown: one forward pass of the training loss is run under ``saved_tensors_hooks``; every
   tensor autograd keeps for backward is attributed to the cell (and op) running when it was
   saved, each storage counted once. Reference cells are attributed per candidate op (``MixedOp``
-  column); fused cells (``fast`` backends) per stage of the fused plan.
+  column); fused cells (the ``fast`` supernet) per stage of the fused plan.
 """
 from __future__ import annotations
 
@@ -23,33 +23,16 @@ import ctypes
 import dataclasses
 import time
 from collections import defaultdict
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 
-from .config import DARTSConfig
+from .darts import DARTSConfig, DARTSOptimizer
 from .ops import PRIMITIVES
+from .supernet import stages
 
 MiB = 2.0 ** 20
-
-# -- stage labels of the fused cells --------------------------------------------------------------
-_active = False
-_stage: List[str] = []
-
-
-@contextlib.contextmanager
-def stage(name: str) -> Iterator[None]:
-    """Label the work inside as ``name`` in an active memory profile (free when none is)."""
-    if not _active:
-        yield
-        return
-    _stage.append(name)
-    try:
-        yield
-    finally:
-        _stage.pop()
-
 
 # -- the report -----------------------------------------------------------------------------------
 @dataclasses.dataclass
@@ -57,7 +40,8 @@ class MemoryReport:
     """Memory of one DARTS search step (bytes)."""
 
     device: str
-    backend: str
+    supernet: str
+    kernels: str
     precision: str
     checkpointing: bool
     order: int
@@ -150,7 +134,6 @@ def _op_label(path: str) -> str:
 
 def saved_activations(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast=None):
     """``(total, by_cell, by_op)`` bytes of the tensors one training forward keeps for backward."""
-    global _active
     owner: List[str] = []  # the stack of running modules
 
     def enter(name):
@@ -184,22 +167,19 @@ def saved_activations(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
         # Outside every submodule: the network's own ops (softmax of the alphas, the inputs a
         # checkpointed cell keeps).
         cell = ".".join(parts[:2]) if parts[0] == "cells" else (parts[0] or "network")
-        op = _op_label(path) or (_stage[-1] if _stage else "") or (
+        op = _op_label(path) or (stages.current() or "") or (
             "mixed-op sums" if "edges" in parts else "cell (other)" if parts[0] == "cells"
             else parts[0] or "network")
         by_cell[cell] += nbytes
         by_op[op] += nbytes
         return t
 
-    _active = True
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with stages.collecting(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             with autocast() if autocast is not None else contextlib.nullcontext():
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
     finally:
-        _active = False
-        _stage.clear()
         for h in handles:
             h.remove()
     del loss, logits
@@ -217,8 +197,6 @@ def profile_memory(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
     (``steps=1`` measures the first step, allocator state included). ``breakdown=False`` skips
     the per-cell and per-op attribution.
     """
-    from .darts import DARTSOptimizer  # profiling sits above the search strategies
-
     cfg = DARTSConfig.from_dict(config if config is not None else {})
     if batch_size is not None:
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
@@ -226,7 +204,7 @@ def profile_memory(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
     device = opt.device
     g = torch.Generator().manual_seed(seed)
     shape = (cfg.batch_size, cfg.in_channels, image_size, image_size)
-    x = torch.randn(shape, generator=g).to(device)
+    x = torch.randn(shape, generator=g).to(device, opt.dtype)
     y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
     for _ in range(steps - 1):
         opt.step((x, y), (x, y))
@@ -234,10 +212,10 @@ def profile_memory(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
     total, by_cell, by_op = 0, {}, {}
     if breakdown:
         opt.model.train()
-        total, by_cell, by_op = saved_activations(opt.model, x, y, opt._autocast)
+        total, by_cell, by_op = saved_activations(opt.model, x, y, opt.precision.autocast)
     model = opt.model
     return MemoryReport(
-        device=str(device), backend=getattr(model, "backend", "reference"),
+        device=str(device), supernet=cfg.supernet, kernels=opt.kernels,
         precision=cfg.precision, checkpointing=cfg.checkpointing, order=cfg.order,
         batch_size=cfg.batch_size, image_size=image_size, step_peak_bytes=int(peak),
         baseline_bytes=int(before), peak_method=method, saved_bytes=int(total),
@@ -251,7 +229,8 @@ def format_report(report: MemoryReport) -> str:
     r = report
     order = "first-order" if r.order == 1 else "second-order"
     lines = [
-        f"fastnas memory profile: backend {r.backend}, {r.precision}, checkpointing "
+        f"fastnas memory profile: supernet {r.supernet} ({r.kernels} kernels), {r.precision}, "
+        f"checkpointing "
         f"{'on' if r.checkpointing else 'off'}, {order}, batch {r.batch_size}, "
         f"{r.image_size}x{r.image_size}, {r.device}",
         f"peak memory growth during one search step: {r.step_peak_bytes / MiB:.1f} MiB "
@@ -279,3 +258,7 @@ def format_report(report: MemoryReport) -> str:
         table("per cell", sorted(r.saved_by_cell.items(), key=cell_key))
         table("per op", sorted(r.saved_by_op.items(), key=lambda kv: -kv[1]))
     return "\n".join(lines)
+
+
+__all__ = ["MemoryReport", "format_report", "measure_step_peak", "profile_memory",
+           "saved_activations"]

@@ -10,8 +10,6 @@ loss ``CE(logits) + auxiliary_weight * CE(logits_aux)`` and the gradient norm cl
 """
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -20,15 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_atomic
-from .config import _check_float, _check_int, check_device, config_from_dict
-from .darts import cosine_lr
+from .config import Config, device, flag, integer, number
+from .engine import Batch, check_batch, cosine_lr, run_epochs, to_device
 from .genotypes import Genotype
 from .networks import NetworkCIFAR
 from .reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Final-training settings; the defaults are the paper's CIFAR-10 evaluation.
 
     ``cutout`` is the side of the square cut out of each training image (0: none); the data
@@ -36,51 +34,23 @@ class TrainConfig:
     ``grad_clip`` None disables clipping.
     """
 
-    epochs: int = 600
-    batch_size: int = 96
-    learning_rate: float = 0.025
-    lr_min: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: Optional[float] = 5.0
-    channels: int = 36
-    layers: int = 20
-    auxiliary: bool = True
-    auxiliary_weight: float = 0.4
-    drop_path_prob: float = 0.2
-    cutout: int = 16
-    in_channels: int = 3
-    num_classes: int = 10
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self):
-        _check_int("epochs", self.epochs, low=1)
-        _check_int("batch_size", self.batch_size, low=1)
-        _check_float("learning_rate", self.learning_rate, low=0, low_open=True)
-        _check_float("lr_min", self.lr_min, low=0, high=self.learning_rate)
-        _check_float("momentum", self.momentum, low=0, high=1, high_open=True)
-        _check_float("weight_decay", self.weight_decay, low=0)
-        if self.grad_clip is not None:
-            _check_float("grad_clip", self.grad_clip, low=0, low_open=True)
-        _check_int("channels", self.channels, low=1)
-        _check_int("layers", self.layers, low=3)
-        if not isinstance(self.auxiliary, bool):
-            raise TypeError(f"auxiliary must be True or False, got {self.auxiliary!r}")
-        _check_float("auxiliary_weight", self.auxiliary_weight, low=0)
-        _check_float("drop_path_prob", self.drop_path_prob, low=0, high=1, high_open=True)
-        _check_int("cutout", self.cutout, low=0)
-        _check_int("in_channels", self.in_channels, low=1)
-        _check_int("num_classes", self.num_classes, low=2)
-        _check_int("seed", self.seed, low=0)
-        check_device("device", self.device)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-        return config_from_dict(cls, values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    epochs: int = integer(600, low=1)
+    batch_size: int = integer(96, low=1)
+    learning_rate: float = number(0.025, low=0, low_open=True)
+    lr_min: float = number(0.0, low=0, high="learning_rate")
+    momentum: float = number(0.9, low=0, high=1, high_open=True)
+    weight_decay: float = number(3e-4, low=0)
+    grad_clip: Optional[float] = number(5.0, low=0, low_open=True, optional=True)
+    channels: int = integer(36, low=1)
+    layers: int = integer(20, low=3)
+    auxiliary: bool = flag(True)
+    auxiliary_weight: float = number(0.4, low=0)
+    drop_path_prob: float = number(0.2, low=0, high=1, high_open=True)
+    cutout: int = integer(16, low=0)
+    in_channels: int = integer(3, low=1)
+    num_classes: int = integer(10, low=2)
+    seed: int = integer(0, low=0)
+    device: str = device("auto")
 
 
 # -- cost of a network ----------------------------------------------------------------------------
@@ -154,10 +124,9 @@ class FinalTrainer:
         self.history: List[Dict[str, Any]] = []
         self.input_shape: Optional[Tuple[int, ...]] = None  # one image's, seen in training
 
-    def _to_device(self, batch):
-        x, y = batch
-        nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+    def _batch(self, name: str, batch) -> Batch:
+        cfg = self.config
+        return to_device(check_batch(name, batch, cfg.in_channels, cfg.num_classes), self.device)
 
     def _schedule(self, epoch: int) -> float:
         cfg = self.config
@@ -168,14 +137,14 @@ class FinalTrainer:
         return lr
 
     def train_epoch(self, loader: Iterable,
-                    on_step: Optional[Callable[["FinalTrainer", dict], None]] = None,
+                    on_step: Optional[Callable[[FinalTrainer, dict], None]] = None,
                     ) -> Dict[str, float]:
         """One pass over ``loader`` at the current schedule; mean loss and accuracy."""
         cfg = self.config
         self.model.train()
         loss_sum = correct = count = 0.0
         for batch in loader:
-            x, y = self._to_device(batch)
+            x, y = self._batch("train batch", batch)
             self.input_shape = tuple(x.shape[1:])
             self.optimizer.zero_grad(set_to_none=True)
             logits, logits_aux = _logits(self.model(x))
@@ -203,7 +172,7 @@ class FinalTrainer:
         self.model.eval()
         loss_sum = correct = count = 0.0
         for batch in loader:
-            x, y = self._to_device(batch)
+            x, y = self._batch("evaluation batch", batch)
             logits, _ = _logits(self.model(x))
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
@@ -214,28 +183,28 @@ class FinalTrainer:
         return {"loss": loss_sum / count, "accuracy": correct / count}
 
     def fit(self, train_loader: Iterable, test_loader: Iterable,
-            callback: Optional[Callable[["FinalTrainer", dict], Optional[bool]]] = None,
-            on_step: Optional[Callable[["FinalTrainer", dict], None]] = None) -> Dict[str, Any]:
+            callback: Optional[Callable[[FinalTrainer, dict], Optional[bool]]] = None,
+            on_step: Optional[Callable[[FinalTrainer, dict], None]] = None) -> Dict[str, Any]:
         """Train from ``self.epoch`` to ``config.epochs``; after each epoch a record is appended
         to ``history`` and passed to ``callback(self, record)`` (returning False stops).
         A train loader with ``set_epoch`` (``fastnas.data.EpochLoader``) is told each epoch, so
         its shuffle follows the epoch. Returns :meth:`metrics`."""
-        while self.epoch < self.config.epochs:
-            start = time.perf_counter()
+        def run_epoch(epoch: int) -> Dict[str, Any]:
             if hasattr(train_loader, "set_epoch"):
-                train_loader.set_epoch(self.epoch)
-            lr = self._schedule(self.epoch)
+                train_loader.set_epoch(epoch)
+            lr = self._schedule(epoch)
             train = self.train_epoch(train_loader, on_step)
             test = self.evaluate(test_loader)
-            record = {"epoch": self.epoch, "lr": lr, "drop_path_prob": self.model.drop_path_prob,
-                      "train_loss": train["loss"], "train_acc": train["acc"],
-                      "test_loss": test["loss"], "test_acc": test["accuracy"],
-                      "seconds": time.perf_counter() - start}
-            self.history.append(record)
-            self.epoch += 1
-            if callback is not None and callback(self, record) is False:
-                break
+            return {"lr": lr, "drop_path_prob": self.model.drop_path_prob,
+                    "train_loss": train["loss"], "train_acc": train["acc"],
+                    "test_loss": test["loss"], "test_acc": test["accuracy"]}
+
+        run_epochs(self, run_epoch, callback)
         return self.metrics()
+
+    @property
+    def total_epochs(self) -> int:
+        return self.config.epochs
 
     def metrics(self) -> Dict[str, Any]:
         """Final and best test accuracy, cost of the network, time, and the history."""
@@ -284,7 +253,7 @@ class FinalTrainer:
         save_atomic(self.state_dict(), path)
 
     @classmethod
-    def load(cls, path: str, **overrides) -> "FinalTrainer":
+    def load(cls, path: str, **overrides) -> FinalTrainer:
         """Rebuild a trainer from ``save``'s file; ``overrides`` replace config keys (e.g. device,
         or a larger ``epochs`` to train on)."""
         state = load_checkpoint(path)

@@ -1,30 +1,42 @@
-"""Depthwise (optionally strided and dilated) 2-D convolution: ``F.conv2d(..., groups=C)``.
+"""Depthwise 2-D convolution with a channel multiplier, optionally strided and dilated.
 
-Math, for ``x`` [N, C, H, W], ``w`` [C, 1, KH, KW], stride ``s``, padding ``p``, dilation ``d``
-(taps outside the input read zero), ``g = dL/dy``:
-    y[n,c,oh,ow]   = sum_{i,j} w[c,i,j] * x[n,c, oh*s_h - p_h + i*d_h, ow*s_w - p_w + j*d_w]
-    dx[n,c,ih,iw]  = sum_{i,j} w[c,i,j] * g[n,c,oh,ow]   over the (i, j) with
-                     oh = (ih + p_h - i*d_h) / s_h  an integer in [0, OH)  (and the same for w)
-    dw[c,i,j]      = sum_{n,oh,ow} g[n,c,oh,ow] * x[n,c, oh*s_h - p_h + i*d_h, ...]
+``depthwise_conv2d(x, weight)`` with ``x`` [N, C, H, W] and ``weight`` [M*C, 1, KH, KW] (an
+integer ``M >= 1``) runs ``M`` depthwise convs of the same input in one launch: output channel
+``o = m*C + c`` is input channel ``c`` convolved with ``weight[o]``, i.e.
+``F.conv2d(torch.cat([x] * M, 1), weight, None, stride, padding, dilation, groups=M*C)``, but the
+repeated input is never built: each program reads input channel ``o % C`` directly. ``M = 1`` is
+the plain depthwise conv ``F.conv2d(x, weight, groups=C)``.
+
+Math, for stride ``s``, padding ``p``, dilation ``d`` (taps outside the input read zero),
+``g = dL/dy``, ``o = m*C + c``:
+    y[n,o,oh,ow]  = sum_{i,j} w[o,i,j] * x[n, o % C, oh*s_h - p_h + i*d_h, ow*s_w - p_w + j*d_w]
+    dx[n,c,ih,iw] = sum_m sum_{i,j} w[o,i,j] * gs[n,o, ih + p_h - i*d_h, iw + p_w - j*d_w]
+    dw[o,i,j]     = sum_{n,oh,ow} g[n,o,oh,ow] * x[n, o % C, oh*s_h - p_h + i*d_h, ...]
+where ``gs`` is ``g`` spread out by the stride: ``gs[n,o,oh*s_h,ow*s_w] = g[n,o,oh,ow]``, zero
+between those pixels and outside the output.
 
 Memory traffic (``b`` bytes per element; the KH*KW shifted re-reads of a tile hit the caches):
-    forward          read x, write y                   ~ (N*C*H*W + N*C*OH*OW) * b
-    backward input   read g, write dx                  ~ (N*C*OH*OW + N*C*H*W) * b
-    backward weight  read g and x, write partial sums  ~ (N*C*OH*OW + N*C*H*W) * b + R*C*KH*KW*4
+    forward          read x (M times), write y            ~ (M*N*C*H*W + M*N*C*OH*OW) * b
+    backward input   read g, write dx                     ~ (M*N*C*OH*OW + N*C*H*W) * b
+    backward weight  read g and x (M times), write partial sums
+                                                          ~ (M*N*C*OH*OW + M*N*C*H*W) * b
+                                                            + R*M*C*KH*KW*4
+The ``M`` reads of ``x`` are of one tensor (caches serve some of them). Repeating ``x`` first
+would add writing and re-reading the ``M*N*C*H*W`` copy and an ``M``-way sum of input gradients;
+here the input-gradient kernel sums the ``M`` copies in fp32 registers and writes ``dx`` once.
 
 Each program owns a tile of ``BLOCK_C`` channels x ``BLOCK_P`` flattened pixels of one image and
-loops over the taps (rows in a loop, columns unrolled: fewer registers than unrolling all). The
-weight gradient is deterministic: each of ``R`` programs per channel block walks a fixed set of
-tiles, keeps its per-channel, per-tap sums in registers and writes them to ``[R, C, KH*KW]``;
-one ``sum(0)`` finishes it (``R <= MAX_PARTIAL_PROGRAMS``).
-Tensors are addressed through their strides, so contiguous, channels_last and sliced inputs all
-work without copies. ``RELU`` / ``RELU_MASK`` let ``sep_conv`` reuse these kernels with the ReLU
-in front of the depthwise conv folded in.
+loops over the taps (rows in a loop, columns unrolled: fewer registers than unrolling all);
+``_load_tap`` does every tap's coordinates, bounds and load. The weight gradient is
+deterministic: each of ``R`` programs per channel block walks a fixed set of tiles, keeps its
+per-channel, per-tap sums in registers and writes them to ``[R, M*C, KH*KW]``; one ``sum(0)``
+finishes it (``R <= MAX_PARTIAL_PROGRAMS``). Tensors are addressed through their strides, so
+contiguous, channels_last and sliced inputs all work without copies.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Union
 
 import torch
 
@@ -34,14 +46,14 @@ if dispatch.HAS_TRITON:
     import triton
     import triton.language as tl
 
-IntPair = Union[int, Tuple[int, int]]
+IntPair = Union[int, tuple[int, int]]  # noqa: UP007 (run at import; 3.9 has no `int | tuple`)
 NUM_WARPS = 8
 # Weight-gradient kernels give each program several tiles and one row of partial sums; at most
 # this many programs (rows) per channel block keeps the partial buffer small next to x.
 MAX_PARTIAL_PROGRAMS = 512
 
 
-def _pair(v: IntPair) -> Tuple[int, int]:
+def _pair(v: IntPair) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
     h, w = v
@@ -50,45 +62,46 @@ def _pair(v: IntPair) -> Tuple[int, int]:
 
 @dataclass(frozen=True)
 class ConvGeometry:
-    """Sizes of one depthwise conv, validated once on the host."""
+    """Sizes of one depthwise conv (``C_out = M*C`` output channels), validated once on the host."""
 
     N: int
     C: int
+    M: int
     H: int
     W: int
     KH: int
     KW: int
     OH: int
     OW: int
-    stride: Tuple[int, int]
-    padding: Tuple[int, int]
-    dilation: Tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
 
     @classmethod
-    def of(cls, op: str, x: torch.Tensor, dw_weight: torch.Tensor, stride: IntPair,
-           padding: IntPair, dilation: IntPair) -> "ConvGeometry":
-        if x.dim() != 4:
-            raise ValueError(f"{op}: x must be [N, C, H, W], got shape {tuple(x.shape)}")
+    def of(cls, op: str, x: torch.Tensor, weight: torch.Tensor, stride: IntPair,
+           padding: IntPair, dilation: IntPair) -> ConvGeometry:
+        M = reference.channel_multiplier(op, x, weight)
         N, C, H, W = x.shape
-        if dw_weight.dim() != 4 or dw_weight.shape[:2] != (C, 1):
-            raise ValueError(f"{op}: depthwise weight must be [{C}, 1, kh, kw], got "
-                             f"{tuple(dw_weight.shape)}")
         (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
         if min(sh, sw, dh, dw) < 1 or min(ph, pw) < 0:
             raise ValueError(f"{op}: need stride >= 1, dilation >= 1, padding >= 0")
-        KH, KW = dw_weight.shape[2:]
+        KH, KW = weight.shape[2:]
         OH = (H + 2 * ph - dh * (KH - 1) - 1) // sh + 1
         OW = (W + 2 * pw - dw * (KW - 1) - 1) // sw + 1
         if OH < 1 or OW < 1:
             raise ValueError(f"{op}: output would be empty ({OH}x{OW}) for input {H}x{W}")
-        return cls(N, C, H, W, KH, KW, OH, OW, (sh, sw), (ph, pw), (dh, dw))
+        return cls(N, C, M, H, W, KH, KW, OH, OW, (sh, sw), (ph, pw), (dh, dw))
+
+    @property
+    def C_out(self) -> int:
+        return self.M * self.C
 
     @property
     def constexprs(self):
         """Kernel size, stride, padding and dilation: compile-time constants of the kernels."""
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
-        return dict(KH=self.KH, KW=self.KW, STRIDE_H=sh, STRIDE_W=sw, PAD_H=ph, PAD_W=pw,
-                    DIL_H=dh, DIL_W=dw)
+        return {"KH": self.KH, "KW": self.KW, "STRIDE_H": sh, "STRIDE_W": sw, "PAD_H": ph,
+                "PAD_W": pw, "DIL_H": dh, "DIL_W": dw}
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
@@ -102,7 +115,7 @@ def is_channels_last(x: torch.Tensor) -> bool:
     return x.stride(1) == 1 and x.shape[1] > 1
 
 
-def tile_sizes(C: int, P: int, channels_last: bool) -> Tuple[int, int]:
+def tile_sizes(C: int, P: int, channels_last: bool) -> tuple[int, int]:
     """``(BLOCK_C, BLOCK_P)`` for ``C`` channels and ``P`` pixels per image.
 
     On a GPU ~1K elements per tile, long along the contiguous axis. The interpreter runs programs
@@ -125,126 +138,105 @@ def partial_rows(n_tiles: int, n_channel_blocks: int) -> int:
 if dispatch.HAS_TRITON:
 
     @triton.jit
-    def depthwise_tile(X, DW, n, offs_c, mask_c, oh, ow, mask_p, sx_n, sx_c, sx_h, sx_w, H, W,
-                       STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr,
-                       PAD_W: tl.constexpr, DIL_H: tl.constexpr, DIL_W: tl.constexpr,
-                       KH: tl.constexpr, KW: tl.constexpr, RELU: tl.constexpr,
-                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-        """Depthwise output ``[BLOCK_C, BLOCK_P]`` (fp32) of channels ``offs_c`` of image ``n`` at
-        output pixels ``(oh, ow)``, reading ``relu(x)`` when ``RELU``; ``DW`` contiguous
-        ``[C, KH*KW]``. Masked lanes are 0."""
-        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-        x_c = X + n * sx_n + offs_c[:, None] * sx_c
-        w_c = DW + offs_c * (KH * KW)
-        mask_c2 = mask_c[:, None]
-        ih0 = oh * STRIDE_H - PAD_H
-        iw0 = ow * STRIDE_W - PAD_W
-        for i in range(KH):  # a loop, not unrolled: fewer live registers on a GPU
-            ih = ih0 + i * DIL_H
-            ok_h = mask_p & (ih >= 0) & (ih < H)
-            x_row = x_c + (ih * sx_h + iw0 * sx_w)[None, :]
-            for j in tl.static_range(KW):
-                iw = iw0 + j * DIL_W
-                ok = ok_h & (iw >= 0) & (iw < W)
-                xv = tl.load(x_row + j * DIL_W * sx_w, mask=mask_c2 & ok[None, :],
-                             other=0.0).to(tl.float32)
-                if RELU:
-                    xv = tl.maximum(xv, 0.0)
-                wv = tl.load(w_c + (i * KW + j), mask=mask_c, other=0.0).to(tl.float32)
-                acc += wv[:, None] * xv
-        return acc
+    def _load_tap(T_c, h, w, mask, H, W, s_h, s_w, STEP_H: tl.constexpr, STEP_W: tl.constexpr):
+        """``t[c, h / STEP_H, w / STEP_W]`` as an fp32 ``[BLOCK_C, BLOCK_P]`` tile, 0 where ``h`` or
+        ``w`` is not a multiple of its step, outside the ``H x W`` plane, or where ``mask`` is
+        false. ``T_c``: ``[BLOCK_C, 1]`` pointers to the channels' planes (strides ``s_h, s_w``).
 
-    @triton.jit
-    def _tap_source(t, OUT, STRIDE: tl.constexpr):
-        """An input coordinate shifted by a tap is ``t = o * STRIDE`` for output ``o``: return
-        ``o`` and whether that output exists."""
-        if STRIDE == 1:
-            o = t
-            ok = (t >= 0) & (t < OUT)
+        Steps 1: the zero-padded input ``x`` at one tap. Steps = the conv's strides: the output
+        gradient spread out by the stride (``gs`` in the module docstring). One helper call per
+        tap: the interpreter pays a fixed cost for each call of a jit function."""
+        if STEP_H == 1 and STEP_W == 1:
+            r = h
+            q = w
+            ok = (h >= 0) & (h < H) & (w >= 0) & (w < W)
         else:
-            o = t // STRIDE
-            ok = (t >= 0) & (t % STRIDE == 0) & (o < OUT)
-        return o, ok
+            r = h // STEP_H
+            q = w // STEP_W
+            ok = (h >= 0) & (h % STEP_H == 0) & (r < H) & (w >= 0) & (w % STEP_W == 0) & (q < W)
+        return tl.load(T_c + (r * s_h + q * s_w)[None, :], mask=mask & ok[None, :],
+                       other=0.0).to(tl.float32)
 
     @triton.jit
     def _depthwise_fwd_kernel(
-        X, DW, Y, C, H, W, OH, OW, sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w,
+        X, DW, Y, C, C_OUT, H, W, OH, OW, sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w,
         STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
         DIL_H: tl.constexpr, DIL_W: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
-        pid_nc = tl.program_id(0)  # (image, channel block)
+        """``y`` over ``BLOCK_C`` output channels x ``BLOCK_P`` output pixels of one image."""
+        pid_no = tl.program_id(0)  # (image, output-channel block)
         pid_p = tl.program_id(1)
-        n_cb = tl.cdiv(C, BLOCK_C)
-        n = pid_nc // n_cb
-        offs_c = (pid_nc % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        n_ob = tl.cdiv(C_OUT, BLOCK_C)
+        n = pid_no // n_ob
+        offs_o = (pid_no % n_ob) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_o = offs_o < C_OUT
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         mask_p = offs_p < OH * OW
         oh = offs_p // OW
         ow = offs_p % OW
-        acc = depthwise_tile(X, DW, n, offs_c, mask_c, oh, ow, mask_p, sx_n, sx_c, sx_h, sx_w,
-                             H, W, STRIDE_H, STRIDE_W, PAD_H, PAD_W, DIL_H, DIL_W, KH, KW,
-                             False, BLOCK_C, BLOCK_P)
-        y_ptrs = Y + n * sy_n + offs_c[:, None] * sy_c + (oh * sy_h + ow * sy_w)[None, :]
-        tl.store(y_ptrs, acc.to(Y.dtype.element_ty), mask=mask_c[:, None] & mask_p[None, :])
+        mask = mask_o[:, None] & mask_p[None, :]
+        x_c = X + n * sx_n + (offs_o % C)[:, None] * sx_c  # output channel m*C + c reads c
+        w_o = DW + offs_o * (KH * KW)
+        ih0 = oh * STRIDE_H - PAD_H
+        iw0 = ow * STRIDE_W - PAD_W
+        acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        for i in range(KH):  # a loop, not unrolled: fewer live registers on a GPU
+            for j in tl.static_range(KW):
+                w = tl.load(w_o + (i * KW + j), mask=mask_o, other=0.0).to(tl.float32)
+                x = _load_tap(x_c, ih0 + i * DIL_H, iw0 + j * DIL_W, mask, H, W, sx_h, sx_w, 1, 1)
+                acc += w[:, None] * x
+        y = Y + n * sy_n + offs_o[:, None] * sy_c + (oh * sy_h + ow * sy_w)[None, :]
+        tl.store(y, acc.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def depthwise_bwd_input_kernel(
-        G, DW, X, DX, C, H, W, OH, OW, sg_n, sg_c, sg_h, sg_w, sx_n, sx_c, sx_h, sx_w,
-        sdx_n, sdx_c, sdx_h, sdx_w,
+    def _depthwise_bwd_input_kernel(
+        G, DW, DX, C, M, H, W, OH, OW, sg_n, sg_c, sg_h, sg_w, sdx_n, sdx_c, sdx_h, sdx_w,
         STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
         DIL_H: tl.constexpr, DIL_W: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
-        RELU_MASK: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
     ):
-        """``dx`` over a tile of input pixels; with ``RELU_MASK`` it is the gradient through
-        ``relu`` in front of the conv (zero where ``x <= 0``). ``X`` is read only then."""
-        pid_nc = tl.program_id(0)
+        """``dx`` over ``BLOCK_C`` input channels x ``BLOCK_P`` input pixels of one image, summed
+        in fp32 over the ``M`` output channels ``m*C + c`` that read each input channel."""
+        pid_nc = tl.program_id(0)  # (image, input-channel block)
         pid_p = tl.program_id(1)
         n_cb = tl.cdiv(C, BLOCK_C)
         n = pid_nc // n_cb
         offs_c = (pid_nc % n_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        mask_c2 = mask_c[:, None]
         offs_q = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         mask_q = offs_q < H * W
         ih = offs_q // W
         iw = offs_q % W
+        mask = mask_c[:, None] & mask_q[None, :]
         acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-        g_c = G + n * sg_n + offs_c[:, None] * sg_c
-        w_c = DW + offs_c * (KH * KW)
-        for i in range(KH):
-            oh, ok_h = _tap_source(ih + (PAD_H - i * DIL_H), OH, STRIDE_H)
-            ok_h = ok_h & mask_q
-            g_row = g_c + (oh * sg_h)[None, :]
-            for j in tl.static_range(KW):
-                ow, ok_w = _tap_source(iw + (PAD_W - j * DIL_W), OW, STRIDE_W)
-                gv = tl.load(g_row + (ow * sg_w)[None, :], mask=mask_c2 & (ok_h & ok_w)[None, :],
-                             other=0.0).to(tl.float32)
-                wv = tl.load(w_c + (i * KW + j), mask=mask_c, other=0.0).to(tl.float32)
-                acc += wv[:, None] * gv
-        mask = mask_c2 & mask_q[None, :]
-        if RELU_MASK:
-            xv = tl.load(X + n * sx_n + offs_c[:, None] * sx_c + (ih * sx_h + iw * sx_w)[None, :],
-                         mask=mask, other=0.0).to(tl.float32)
-            acc = tl.where(xv > 0, acc, 0.0)
-        dx_ptrs = DX + n * sdx_n + offs_c[:, None] * sdx_c + (ih * sdx_h + iw * sdx_w)[None, :]
-        tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=mask)
+        for m in range(M):
+            offs_o = m * C + offs_c
+            g_o = G + n * sg_n + offs_o[:, None] * sg_c
+            w_o = DW + offs_o * (KH * KW)
+            for i in range(KH):
+                for j in tl.static_range(KW):
+                    w = tl.load(w_o + (i * KW + j), mask=mask_c, other=0.0).to(tl.float32)
+                    g = _load_tap(g_o, ih + (PAD_H - i * DIL_H), iw + (PAD_W - j * DIL_W), mask,
+                                  OH, OW, sg_h, sg_w, STRIDE_H, STRIDE_W)
+                    acc += w[:, None] * g
+        dx = DX + n * sdx_n + offs_c[:, None] * sdx_c + (ih * sdx_h + iw * sdx_w)[None, :]
+        tl.store(dx, acc.to(DX.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _depthwise_bwd_weight_kernel(
-        G, X, PARTIAL, ROWS, N, C, H, W, OH, OW, sg_n, sg_c, sg_h, sg_w, sx_n, sx_c, sx_h, sx_w,
+        G, X, PARTIAL, ROWS, N, C, C_OUT, H, W, OH, OW, sg_n, sg_c, sg_h, sg_w,
+        sx_n, sx_c, sx_h, sx_w,
         STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
         DIL_H: tl.constexpr, DIL_W: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_T: tl.constexpr,
     ):
-        """Partial ``dw`` of one channel block over tiles ``row, row + ROWS, ...`` of all
-        ``N * pixel_blocks`` tiles: ``PARTIAL[row, c, i*KW + j]``."""
+        """Partial ``dw`` of one output-channel block over tiles ``row, row + ROWS, ...`` of all
+        ``N * pixel_blocks`` tiles: ``PARTIAL[row, o, i*KW + j]``."""
         row = tl.program_id(0)
-        pid_c = tl.program_id(1)
-        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        mask_c2 = mask_c[:, None]
+        pid_o = tl.program_id(1)
+        offs_o = pid_o * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_o = offs_o < C_OUT
         taps = tl.arange(0, BLOCK_T)[None, :]
         dw = tl.zeros([BLOCK_C, BLOCK_T], dtype=tl.float32)
         n_pb = tl.cdiv(OH * OW, BLOCK_P)
@@ -254,39 +246,20 @@ if dispatch.HAS_TRITON:
             mask_p = offs_p < OH * OW
             oh = offs_p // OW
             ow = offs_p % OW
-            g = tl.load(G + n * sg_n + offs_c[:, None] * sg_c + (oh * sg_h + ow * sg_w)[None, :],
-                        mask=mask_c2 & mask_p[None, :], other=0.0).to(tl.float32)
-            x_c = X + n * sx_n + offs_c[:, None] * sx_c
+            mask = mask_o[:, None] & mask_p[None, :]
+            g = tl.load(G + n * sg_n + offs_o[:, None] * sg_c + (oh * sg_h + ow * sg_w)[None, :],
+                        mask=mask, other=0.0).to(tl.float32)
+            x_c = X + n * sx_n + (offs_o % C)[:, None] * sx_c
             ih0 = oh * STRIDE_H - PAD_H
             iw0 = ow * STRIDE_W - PAD_W
             for i in range(KH):
-                ih = ih0 + i * DIL_H
-                ok_h = mask_p & (ih >= 0) & (ih < H)
-                x_row = x_c + (ih * sx_h + iw0 * sx_w)[None, :]
                 for j in tl.static_range(KW):
-                    iw = iw0 + j * DIL_W
-                    ok = ok_h & (iw >= 0) & (iw < W)
-                    xv = tl.load(x_row + j * DIL_W * sx_w, mask=mask_c2 & ok[None, :],
-                                 other=0.0).to(tl.float32)
-                    tap_sum = tl.sum(g * xv, axis=1)
+                    x = _load_tap(x_c, ih0 + i * DIL_H, iw0 + j * DIL_W, mask, H, W, sx_h, sx_w,
+                                  1, 1)
+                    tap_sum = tl.sum(g * x, axis=1)
                     dw = tl.where(taps == i * KW + j, dw + tap_sum[:, None], dw)
-        part = PARTIAL + row * C * (KH * KW) + offs_c[:, None] * (KH * KW) + taps
-        tl.store(part, dw, mask=mask_c2 & (taps < KH * KW))
-
-
-def depthwise_bwd_input(g: torch.Tensor, dw_weight: torch.Tensor, x: torch.Tensor,
-                        geo: ConvGeometry, relu_mask: bool) -> torch.Tensor:
-    """Launch ``depthwise_bwd_input_kernel`` (``dw_weight`` contiguous): ``dx`` in ``x``'s dtype
-    and memory format."""
-    dx = torch.empty_like(x, memory_format=memory_format_of(x))
-    block_c, block_p = tile_sizes(geo.C, geo.H * geo.W, is_channels_last(x))
-    grid = (geo.N * triton.cdiv(geo.C, block_c), triton.cdiv(geo.H * geo.W, block_p))
-    dispatch.record_launch("depthwise_bwd_input")
-    depthwise_bwd_input_kernel[grid](
-        g, dw_weight, x, dx, geo.C, geo.H, geo.W, geo.OH, geo.OW, *g.stride(), *x.stride(),
-        *dx.stride(), **geo.constexprs, RELU_MASK=relu_mask, BLOCK_C=block_c, BLOCK_P=block_p,
-        num_warps=NUM_WARPS)
-    return dx
+        part = PARTIAL + row * C_OUT * (KH * KW) + offs_o[:, None] * (KH * KW) + taps
+        tl.store(part, dw, mask=mask_o[:, None] & (taps < KH * KW))
 
 
 class DepthwiseConv2dFunction(torch.autograd.Function):
@@ -295,14 +268,14 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, stride, padding, dilation):
         geo = ConvGeometry.of("depthwise_conv2d", x, weight, stride, padding, dilation)
-        w = weight.contiguous()  # [C, 1, KH, KW]: a few hundred bytes
-        y = torch.empty((geo.N, geo.C, geo.OH, geo.OW), dtype=x.dtype, device=x.device,
+        w = weight.contiguous()  # [M*C, 1, KH, KW]: a few KB
+        y = torch.empty((geo.N, geo.C_out, geo.OH, geo.OW), dtype=x.dtype, device=x.device,
                         memory_format=memory_format_of(x))
-        block_c, block_p = tile_sizes(geo.C, geo.OH * geo.OW, is_channels_last(x))
-        grid = (geo.N * triton.cdiv(geo.C, block_c), triton.cdiv(geo.OH * geo.OW, block_p))
+        block_c, block_p = tile_sizes(geo.C_out, geo.OH * geo.OW, is_channels_last(x))
+        grid = (geo.N * triton.cdiv(geo.C_out, block_c), triton.cdiv(geo.OH * geo.OW, block_p))
         dispatch.record_launch("depthwise_fwd")
         _depthwise_fwd_kernel[grid](
-            x, w, y, geo.C, geo.H, geo.W, geo.OH, geo.OW, *x.stride(), *y.stride(),
+            x, w, y, geo.C, geo.C_out, geo.H, geo.W, geo.OH, geo.OW, *x.stride(), *y.stride(),
             **geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=NUM_WARPS)
         ctx.save_for_backward(x, w)
         ctx.geo = geo
@@ -315,17 +288,23 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
         geo = ctx.geo
         dx = dw = None
         if ctx.needs_input_grad[0]:
-            dx = depthwise_bwd_input(g, w, x, geo, relu_mask=False)
+            dx = torch.empty_like(x, memory_format=memory_format_of(x))
+            block_c, block_p = tile_sizes(geo.C, geo.H * geo.W, is_channels_last(x))
+            grid = (geo.N * triton.cdiv(geo.C, block_c), triton.cdiv(geo.H * geo.W, block_p))
+            dispatch.record_launch("depthwise_bwd_input")
+            _depthwise_bwd_input_kernel[grid](
+                g, w, dx, geo.C, geo.M, geo.H, geo.W, geo.OH, geo.OW, *g.stride(), *dx.stride(),
+                **geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=NUM_WARPS)
         if ctx.needs_input_grad[1]:
-            block_c, block_p = tile_sizes(geo.C, geo.OH * geo.OW, is_channels_last(x))
-            n_cb = triton.cdiv(geo.C, block_c)
-            rows = partial_rows(geo.N * triton.cdiv(geo.OH * geo.OW, block_p), n_cb)
-            partial = torch.empty((rows, geo.C, geo.KH * geo.KW), dtype=torch.float32,
+            block_c, block_p = tile_sizes(geo.C_out, geo.OH * geo.OW, is_channels_last(x))
+            n_ob = triton.cdiv(geo.C_out, block_c)
+            rows = partial_rows(geo.N * triton.cdiv(geo.OH * geo.OW, block_p), n_ob)
+            partial = torch.empty((rows, geo.C_out, geo.KH * geo.KW), dtype=torch.float32,
                                   device=x.device)
             dispatch.record_launch("depthwise_bwd_weight")
-            _depthwise_bwd_weight_kernel[(rows, n_cb)](
-                g, x, partial, rows, geo.N, geo.C, geo.H, geo.W, geo.OH, geo.OW, *g.stride(),
-                *x.stride(), **geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p,
+            _depthwise_bwd_weight_kernel[(rows, n_ob)](
+                g, x, partial, rows, geo.N, geo.C, geo.C_out, geo.H, geo.W, geo.OH, geo.OW,
+                *g.stride(), *x.stride(), **geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p,
                 BLOCK_T=triton.next_power_of_2(geo.KH * geo.KW), num_warps=NUM_WARPS)
             dw = partial.sum(0).view(w.shape).to(w.dtype)
         return dx, dw, None, None, None
@@ -333,11 +312,14 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1,
                      padding: IntPair = 0, dilation: IntPair = 1) -> torch.Tensor:
-    """``F.conv2d(x, weight, None, stride, padding, dilation, groups=C)``; ``weight`` is
-    [C, 1, kh, kw].
+    """``M`` depthwise convs of ``x`` [N, C, H, W] in one call: ``weight`` [M*C, 1, kh, kw] gives
+    output [N, M*C, OH, OW] with ``y[:, m*C + c] = conv2d(x[:, c], weight[m*C + c])``, i.e.
+    ``F.conv2d(torch.cat([x] * M, 1), weight, None, stride, padding, dilation, groups=M*C)``
+    without building the repeated input. ``M = 1``: ``F.conv2d(x, weight, groups=C)``.
 
     Differentiable in ``x`` and ``weight``; output in ``x``'s dtype (fp32 accumulation) and, for a
-    channels_last input, in channels_last. Dispatched by ``fastnas.kernels.dispatch``.
+    channels_last input, in channels_last. A weight whose first dim is not a positive multiple of
+    ``C`` raises ``ValueError``. Dispatched by ``fastnas.kernels.dispatch``.
     """
     if dispatch.use_triton("depthwise_conv2d", x, weight):
         return DepthwiseConv2dFunction.apply(x, weight, stride, padding, dilation)

@@ -19,7 +19,7 @@ import contextlib
 import os
 import warnings
 from collections import Counter
-from typing import Dict, Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 
@@ -39,7 +39,7 @@ GPU_DEVICE_TYPES = ("cuda",)  # torch calls ROCm devices "cuda" too
 # are imported right after this one; this flag records that decision for the dispatcher.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-_override: Optional[str] = None
+_override: str | None = None
 _launches: Counter = Counter()
 _warned_no_triton = False
 
@@ -58,7 +58,7 @@ def get_backend() -> str:
     return _validate(os.environ.get(ENV_VAR, "auto") or "auto")
 
 
-def set_backend(name: Optional[str]) -> None:
+def set_backend(name: str | None) -> None:
     """Force ``"auto"``, ``"triton"`` or ``"torch"`` in this process; ``None`` defers to the env."""
     global _override
     _override = None if name is None else _validate(name)
@@ -138,7 +138,7 @@ def record_launch(kernel: str) -> None:
     _launches[kernel] += 1
 
 
-def launch_counts() -> Dict[str, int]:
+def launch_counts() -> dict[str, int]:
     """Kernel name -> launches since the last ``reset_launch_counts()``."""
     return dict(_launches)
 

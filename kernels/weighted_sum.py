@@ -24,7 +24,7 @@ one ``sum(0)`` finishes it.
 """
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -49,7 +49,7 @@ def _is_dense(t: torch.Tensor) -> bool:
     return True
 
 
-def _contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+def _contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
     strides, step = [], 1
     for size in reversed(shape):
         strides.append(step)
@@ -57,7 +57,7 @@ def _contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _shape4(t: torch.Tensor) -> Tuple[List[int], List[int]]:
+def _shape4(t: torch.Tensor) -> tuple[list[int], list[int]]:
     """Sizes and strides of ``t`` padded in front to 4 dims."""
     pad = 4 - t.dim()
     return [1] * pad + list(t.shape), [0] * pad + list(t.stride())

@@ -3,12 +3,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fastnas import Architect, Network
+from fastnas import Architect, SearchNetwork
 
 
 def tiny_problem(seed=0):
     torch.manual_seed(seed)
-    net = Network(C=4, num_classes=3, layers=3, num_nodes=2, in_channels=1).double()
+    net = SearchNetwork(C=4, num_classes=3, layers=3, num_nodes=2, in_channels=1).double()
     with torch.no_grad():  # alphas away from uniform so every term matters
         for a in net.alphas():
             a.normal_(0, 0.5)

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from fastnas import DARTSOptimizer
-from fastnas.fast_supernet import CheckpointedNetwork, FastNetwork
 from fastnas.profiling import saved_activations
+from fastnas.supernet import FastSearchNetwork, SearchNetwork
 
 KW = dict(C=4, num_classes=5, layers=4, num_nodes=4, multiplier=4)
 
@@ -29,7 +29,7 @@ def twins(cls):
     return plain, ckpt
 
 
-@pytest.mark.parametrize("cls", [CheckpointedNetwork, FastNetwork])
+@pytest.mark.parametrize("cls", [SearchNetwork, FastSearchNetwork])
 def test_same_gradients_and_statistics_updated_once(cls):
     plain, ckpt = twins(cls)
     x, y = batch()
@@ -46,7 +46,7 @@ def test_same_gradients_and_statistics_updated_once(cls):
 def test_checkpointing_is_correct_under_functional_call():
     """The architect differentiates after functional_call has restored the real weights: the
     recomputation must use the swapped-in ones."""
-    plain, ckpt = twins(FastNetwork)
+    plain, ckpt = twins(FastSearchNetwork)
     x, y = batch()
     g = torch.Generator().manual_seed(3)
     weights = {n: (p.detach() + 0.05 * torch.randn(p.shape, generator=g)).requires_grad_()
@@ -61,7 +61,7 @@ def test_checkpointing_is_correct_under_functional_call():
 
 
 def test_per_cell_checkpointing_and_validation():
-    plain, ckpt = twins(FastNetwork)
+    plain, ckpt = twins(FastSearchNetwork)
     ckpt.set_checkpointing([1, 3])
     assert ckpt.checkpointed == {1, 3}
     x, y = batch()
@@ -74,7 +74,7 @@ def test_per_cell_checkpointing_and_validation():
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 def test_fewer_activations_kept(backend):
-    cls = FastNetwork if backend == "torch" else CheckpointedNetwork
+    cls = FastSearchNetwork if backend == "torch" else SearchNetwork
     plain, ckpt = twins(cls)
     x, y = batch()
     kept_plain, _, _ = saved_activations(plain, x, y)
@@ -105,9 +105,9 @@ def test_memory_profile_report():
 
     cfg = dict(channels=4, layers=3, num_classes=5, device="cpu", seed=0)
     fast = profile_memory(cfg, batch_size=2, image_size=8)
-    ref = profile_memory({**cfg, "backend": "reference"}, batch_size=2, image_size=8)
-    assert isinstance(fast, MemoryReport) and fast.backend == "torch"
-    assert ref.backend == "reference" and fast.step_peak_bytes >= 0
+    ref = profile_memory({**cfg, "supernet": "reference"}, batch_size=2, image_size=8)
+    assert isinstance(fast, MemoryReport) and fast.supernet == "fast" and fast.kernels == "torch"
+    assert ref.supernet == "reference" and fast.step_peak_bytes >= 0
     assert set(fast.saved_by_cell) >= {"stem", "cells.0", "cells.1", "cells.2"}
     assert sum(fast.saved_by_cell.values()) == fast.saved_bytes == sum(fast.saved_by_op.values())
     assert {"pools", "sep/dil convs, first half", "node sums"} <= set(fast.saved_by_op)

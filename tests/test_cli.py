@@ -8,14 +8,14 @@ import time
 
 import pytest
 import torch
+from fake_cifar import write_fake_cifar10
 
-from fastnas import cli, genotypes
+from fastnas import cli, genotypes, pipeline
 from fastnas.cli import main
+from fastnas.console import Progress
 from fastnas.darts import DARTSOptimizer
 from fastnas.genotypes import Genotype
-from fastnas.progress import Progress
 from fastnas.training import FinalTrainer, load_model
-from fake_cifar import write_fake_cifar10
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a supernet and a network small enough for a step in a few milliseconds
@@ -351,7 +351,7 @@ def test_other_failures_are_one_line_too(tmp_path, capsys, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.data, "search_data", interrupt)
+    monkeypatch.setattr(pipeline.data, "search_data", interrupt)
     assert main(["search", "--output", str(tmp_path)]) == 130
     assert _error_line(capsys, after_logs=True) == "fastnas: interrupted"
     monkeypatch.undo()
@@ -359,7 +359,7 @@ def test_other_failures_are_one_line_too(tmp_path, capsys, monkeypatch):
     def disk_full(obj, path):
         raise OSError(28, "No space left on device", path)
 
-    monkeypatch.setattr(cli, "save_atomic", disk_full)
+    monkeypatch.setattr(pipeline, "save_atomic", disk_full)
     assert main(["search", "--epochs", "1", *SMALL_SEARCH, "--output", str(tmp_path)]) == 1
     assert "No space left on device" in _error_line(capsys, after_logs=True)
 
@@ -431,9 +431,12 @@ def test_cifar10_example_script_runs(tmp_path, capsys):
                                 str(tmp_path / "out")])
     finally:
         torch.set_num_threads(threads)
-    assert 0 <= metrics["test_accuracy"] <= 1
-    assert sorted(os.listdir(tmp_path / "out")) == ["genotype.json", "model.pt", "search.pt",
-                                                    "train.pt"]
+    assert 0 <= metrics["train"]["test_accuracy"] <= 1
+    assert sorted(os.listdir(tmp_path / "out")) == ["search", "train"]
+    assert sorted(os.listdir(tmp_path / "out" / "search")) == ["checkpoint.pt", "genotype.json",
+                                                               "metrics.json"]
+    assert sorted(os.listdir(tmp_path / "out" / "train")) == ["checkpoint.pt", "metrics.json",
+                                                              "model.pt"]
     assert "test accuracy" in capsys.readouterr().out
 
 

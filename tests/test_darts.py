@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fastnas import DARTSConfig, DARTSOptimizer, Genotype
-from fastnas.darts import cosine_lr, paired
+from fastnas.engine import cosine_lr, paired
 
 TINY = dict(channels=4, layers=3, num_nodes=2, in_channels=1, num_classes=4, num_steps=3,
             seed=0, device="cpu")

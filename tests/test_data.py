@@ -5,10 +5,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from fake_cifar import write_fake_cifar10
 
 from fastnas import data
 from fastnas.errors import UserError
-from fake_cifar import write_fake_cifar10
 
 CPU = torch.device("cpu")
 

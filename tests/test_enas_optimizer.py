@@ -8,9 +8,8 @@ import torch
 from sklearn.datasets import load_digits
 
 from fastnas import Genotype, NetworkCIFAR
-from fastnas.darts import cosine_lr
 from fastnas.enas import ENASConfig, ENASOptimizer, MacroArch, MacroNetwork
-
+from fastnas.engine import cosine_lr
 
 TINY = {"channels": 4, "num_layers": 3, "num_nodes": 3, "in_channels": 1,
         "controller_hidden": 8, "seed": 5}

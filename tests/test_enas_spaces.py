@@ -7,8 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from fastnas import Genotype, NetworkCIFAR
-from fastnas.enas import (ENASOptimizer, MACRO_OPS, MacroArch, MacroNetwork, MicroSupernet,
-                          load_architecture)
+from fastnas.enas import (
+    MACRO_OPS,
+    ENASOptimizer,
+    MacroArch,
+    MacroNetwork,
+    MicroSupernet,
+    load_architecture,
+)
 from fastnas.enas.macro import pool_layers
 from fastnas.enas.micro import MICRO_OPS, loose_ends
 

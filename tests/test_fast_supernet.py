@@ -7,15 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fastnas import DARTSOptimizer
-from fastnas.darts import build_supernet
-from fastnas.config import DARTSConfig
-from fastnas.depthwise import depthwise_conv2d
-from fastnas.dilconv import dil_conv_blocks
-from fastnas.fast_supernet import FastNetwork, resolve_backend, triton_available
-from fastnas.pointwise import grouped_pointwise
-from fastnas.supernet import Network
-from fastnas.weighted_sum import weighted_sum, weighted_sum_parts
+from fastnas import DARTSOptimizer, SearchNetwork
+from fastnas.darts import DARTSConfig
+from fastnas.ops.functional.conv_blocks import conv_blocks
+from fastnas.ops.functional.depthwise import depthwise_backward, depthwise_forward
+from fastnas.ops.functional.node_sum import node_sum
+from fastnas.ops.functional.pointwise import grouped_pointwise
+from fastnas.supernet import FastSearchNetwork, build_supernet, check_kernels
 
 # layers=4: a normal cell, two reduction cells (one after the other), a normal cell after a
 # reduction: every kind of cell and preprocessing.
@@ -30,11 +28,11 @@ def pair(seed=0, **kw):
     """A reference and a fast network with identical state, non-trivial alphas."""
     kw = {**TINY, **kw}
     torch.manual_seed(seed)
-    ref = Network(**kw)
+    ref = SearchNetwork(**kw)
     with torch.no_grad():
         for a in ref.alphas():
             a.normal_()
-    fast = FastNetwork(**kw)
+    fast = FastSearchNetwork(**kw)
     fast.load_state_dict(ref.state_dict())
     return ref, fast
 
@@ -47,9 +45,9 @@ def batch(n=3, size=16, seed=1, classes=5):
 # -- the network ----------------------------------------------------------------------------------
 def test_same_modules_names_and_initialization():
     torch.manual_seed(3)
-    ref = Network(**TINY)
+    ref = SearchNetwork(**TINY)
     torch.manual_seed(3)
-    fast = FastNetwork(**TINY)
+    fast = FastSearchNetwork(**TINY)
     sr, sf = ref.state_dict(), fast.state_dict()
     assert list(sr) == list(sf)
     assert all(sr[k].shape == sf[k].shape and torch.equal(sr[k], sf[k]) for k in sr)
@@ -62,11 +60,11 @@ def test_same_modules_names_and_initialization():
 @pytest.mark.parametrize("direction", ["ref->fast", "fast->ref"])
 def test_logits_match_after_loading_either_way(direction):
     torch.manual_seed(0)
-    src = Network(**TINY) if direction == "ref->fast" else FastNetwork(**TINY)
+    src = SearchNetwork(**TINY) if direction == "ref->fast" else FastSearchNetwork(**TINY)
     with torch.no_grad():
         for a in src.alphas():
             a.normal_()
-    dst = FastNetwork(**TINY) if direction == "ref->fast" else Network(**TINY)
+    dst = FastSearchNetwork(**TINY) if direction == "ref->fast" else SearchNetwork(**TINY)
     dst.load_state_dict(src.state_dict())
     x, _ = batch()
     assert rel(dst(x), src(x)) < 1e-4                     # training mode: batch statistics
@@ -121,49 +119,161 @@ def test_functional_call_swaps_the_weights():
 
 
 @pytest.mark.parametrize("order", [1, 2])
-def test_same_darts_step_as_reference(order):
+def test_same_darts_step_as_reference_in_float64(order):
+    """Whole DARTS steps (architecture step, unrolled or not, then weight step) in float64: the
+    fast supernet's alphas, weights and BatchNorm statistics equal the reference's to 1e-10."""
     cfg = dict(channels=4, layers=4, num_classes=5, batch_size=3, order=order, device="cpu",
-               seed=4, learning_rate_alpha=0.05)
-    ref = DARTSOptimizer({**cfg, "backend": "reference"})
-    fast = DARTSOptimizer({**cfg, "backend": "torch"})
-    assert isinstance(fast.model, FastNetwork) and type(ref.model) is Network
+               seed=4, learning_rate_alpha=0.05, precision="fp64", hessian_r=1e-5)
+    ref = DARTSOptimizer({**cfg, "supernet": "reference"})
+    fast = DARTSOptimizer({**cfg, "supernet": "fast"})
+    assert isinstance(fast.model, FastSearchNetwork) and type(ref.model) is SearchNetwork
+    assert all(p.dtype == torch.float64 for p in fast.model.parameters())
+    for step in range(2):
+        train, val = batch(seed=7 + step), batch(seed=17 + step)
+        for opt in (ref, fast):
+            opt.step(train, val)
+    for a, b in zip(ref.arch_parameters(), fast.arch_parameters()):
+        assert rel(b, a) < 1e-10
+        assert not torch.allclose(a, torch.zeros_like(a), atol=1e-4)   # the alphas moved
+    sr, sf = ref.model.state_dict(), fast.model.state_dict()
+    for k in sr:
+        if sr[k].is_floating_point():
+            assert rel(sf[k], sr[k]) < 1e-10, k
+    assert fast.genotype() == ref.genotype()
+
+
+def test_float64_logits_and_gradients_match_reference():
+    """Logits, alpha gradients and weight gradients of the fast supernet in float64 equal the
+    reference's to 1e-10 relative (train mode, batch statistics)."""
+    ref, fast = pair()
+    ref.double(), fast.double()
+    x, y = batch(size=8)
+    x = x.double()
+    out = {}
+    for name, net in (("ref", ref), ("fast", fast)):
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        grads = torch.autograd.grad(loss, [*net.alphas(), *net.weights()])
+        out[name] = (logits, grads)
+    assert rel(out["fast"][0], out["ref"][0]) < 1e-10
+    for g_fast, g_ref in zip(out["fast"][1], out["ref"][1]):
+        assert rel(g_fast, g_ref) < 1e-10
+
+
+def test_float32_step_close_to_reference():
+    cfg = dict(channels=4, layers=4, num_classes=5, batch_size=3, device="cpu", seed=4)
+    ref = DARTSOptimizer({**cfg, "supernet": "reference"})
+    fast = DARTSOptimizer({**cfg, "supernet": "fast"})
     train, val = batch(seed=7), batch(seed=8)
     for opt in (ref, fast):
         opt.step(train, val)
-    for a, b in zip(ref.arch_parameters(), fast.arch_parameters()):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
-        assert not torch.allclose(a, torch.zeros_like(a), atol=1e-4)   # the alphas moved
     sr, sf = ref.model.state_dict(), fast.model.state_dict()
     for k in sr:
         assert torch.allclose(sf[k].double(), sr[k].double(), rtol=1e-4, atol=1e-5), k
 
 
-def test_backend_resolution():
-    assert resolve_backend("auto", "cpu") == "torch"
-    assert resolve_backend("reference", "cpu") == "reference"
-    with pytest.raises(ValueError, match="CUDA"):
-        resolve_backend("triton", "cpu")
-    assert not triton_available() or torch.cuda.is_available()
-    assert isinstance(build_supernet(DARTSConfig(channels=4, layers=2, device="cpu")), FastNetwork)
-    assert type(build_supernet(DARTSConfig(channels=4, layers=2, backend="reference",
-                                           device="cpu"))) is Network
+def test_one_setting_picks_the_supernet_one_the_kernels(monkeypatch):
+    """``supernet`` picks the implementation, the kernel backend picks the kernels; requests
+    that contradict each other or cannot be honoured raise an error naming both settings."""
+    from fastnas.kernels import dispatch
+
+    cpu = torch.device("cpu")
+    assert check_kernels("fast", cpu) == "torch" and check_kernels("reference", cpu) == "torch"
+    assert isinstance(build_supernet("fast", C=4, layers=3), FastSearchNetwork)
+    assert type(build_supernet("reference", C=4, layers=3)) is SearchNetwork
+    with pytest.raises(ValueError, match="supernet must be one of"):
+        build_supernet("torch", C=4, layers=3)
+    with kernels_backend("triton"):
+        with pytest.raises(ValueError, match=r"supernet='reference'.*kernel backend 'triton'"):
+            DARTSOptimizer(dict(channels=4, layers=3, device="cpu", supernet="reference"))
+        monkeypatch.setattr(dispatch, "INTERPRET", False)   # a CPU without Triton's interpreter
+        with pytest.raises(ValueError, match=r"supernet='fast' with the kernel backend 'triton'"):
+            DARTSOptimizer(dict(channels=4, layers=3, device="cpu"))
+        monkeypatch.undo()
+        with pytest.raises(ValueError, match=r"kernel backend 'triton'.*float64"):
+            DARTSOptimizer(dict(channels=4, layers=3, device="cpu", precision="fp64"))
+    with kernels_backend("triton"), pytest.warns(DeprecationWarning, match="backend='torch'"):
+        with pytest.raises(ValueError, match=r"backend='torch'.*kernel backend 'triton'"):
+            DARTSOptimizer(dict(channels=4, layers=3, device="cpu", backend="torch"))
 
 
-def test_triton_backend_composition_on_cpu():
-    """The triton backend's glue (repeated inputs, unbound node parts) with the kernels' torch
-    reference implementations standing in for the Triton ones."""
-    kernels = pytest.importorskip("fastnas.kernels")
-    ref, _ = pair(layers=3)
-    fast = FastNetwork(**{**TINY, "layers": 3}, backend="triton")
-    fast.load_state_dict(ref.state_dict())
-    x, y = batch(size=8)
-    with kernels.use_backend("torch"):
+def test_deprecated_names_still_work():
+    import fastnas
+    import fastnas.supernet
+
+    with pytest.warns(DeprecationWarning, match="fastnas.SearchNetwork"):
+        assert fastnas.Network is SearchNetwork
+    with pytest.warns(DeprecationWarning, match="fastnas.SearchNetwork"):
+        assert fastnas.supernet.Network is SearchNetwork
+    for old, supernet in (("reference", "reference"), ("torch", "fast"), ("auto", "fast")):
+        with pytest.warns(DeprecationWarning, match="deprecated"):
+            cfg = DARTSConfig(channels=4, layers=3, device="cpu", backend=old)
+        assert cfg.supernet == supernet
+        with pytest.warns(DeprecationWarning):
+            opt = DARTSOptimizer(cfg.to_dict())
+        assert isinstance(opt.model, FastSearchNetwork) == (supernet == "fast")
+
+
+def kernels_backend(name):
+    from fastnas import kernels
+
+    return kernels.use_backend(name)
+
+
+def test_fast_supernet_runs_the_triton_kernels():
+    """With the kernel backend forced to Triton (the interpreter on a CPU), the fast supernet
+    runs the fused plan on the Triton kernels (the depthwise convs with their channel
+    multiplier, and the node sums) and matches the reference in forward and backward."""
+    from fastnas import kernels
+    from fastnas.kernels import dispatch
+
+    if not dispatch.HAS_TRITON or not (dispatch.INTERPRET or torch.cuda.is_available()):
+        pytest.skip("needs Triton (compiled on CUDA, or TRITON_INTERPRET=1 on a CPU)")
+    ref, fast = pair(layers=3, num_nodes=2, multiplier=2)   # normal, then two reduction cells
+    device = "cuda" if torch.cuda.is_available() and not dispatch.INTERPRET else "cpu"
+    ref, fast = ref.to(device), fast.to(device)
+    x, y = batch(size=6)
+    x, y = x[:2].to(device), y[:2].to(device)
+    kernels.reset_launch_counts()
+    with kernels.use_backend("triton"):
         lf = fast(x)
         F.cross_entropy(lf, y).backward()
+    counts = kernels.launch_counts()
     lr = ref(x)
     F.cross_entropy(lr, y).backward()
+    assert counts.get("depthwise_fwd", 0) > 0 and counts.get("weighted_sum_fwd", 0) > 0, counts
+    assert counts.get("depthwise_bwd_input", 0) > 0 and counts.get("weighted_sum_bwd", 0) > 0
+    assert counts.get("depthwise_bwd_weight", 0) > 0, counts
     assert rel(lf, lr) < 1e-4
     assert rel(fast.alphas_normal.grad, ref.alphas_normal.grad) < 1e-4
+    assert rel(fast.alphas_reduce.grad, ref.alphas_reduce.grad) < 1e-4
+    for (name, a), b in zip(fast.named_weights(), ref.weights()):
+        if b.grad is not None:
+            assert rel(a.grad, b.grad) < 1e-3, name
+
+
+def test_triton_kernel_set_never_repeats_the_input(monkeypatch):
+    """The Triton path hands each depthwise kernel the input once, with an ``M * C``-channel
+    weight (the channel multiplier), never an ``M``-fold copy of the input."""
+    from fastnas.supernet import fast as fast_module
+
+    seen = []
+
+    def depthwise(x, w, stride, padding, dilation):
+        seen.append((x.shape[1], w.shape[0]))
+        M = w.shape[0] // x.shape[1]
+        return F.conv2d(torch.cat([x] * M, 1), w, None, stride, padding, dilation, w.shape[0])
+
+    monkeypatch.setattr(fast_module.kernels, "depthwise_conv2d", depthwise)
+    monkeypatch.setattr(fast_module.kernels, "weighted_sum",
+                        lambda xs, w: sum(w[k] * t for k, t in enumerate(xs)))
+    monkeypatch.setattr(fast_module, "kernel_set_for", lambda x: fast_module.TritonKernels)
+    ref, fast = pair(layers=3)
+    x, _ = batch(size=4)
+    assert rel(fast(x), ref(x)) < 1e-4
+    assert seen and all(w % x == 0 for x, w in seen)
+    # First halves: one kernel per reader edge and input channel, the input passed once.
+    assert {w // x for x, w in seen} >= {2, 3, 4}
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -171,16 +281,19 @@ def test_triton_backend_composition_on_cpu():
     (k, s, d, m, size) for (k, s, d), m, size in itertools.product(
         [(3, 1, 1), (5, 1, 1), (3, 2, 1), (5, 2, 1), (3, 1, 2), (5, 1, 2), (3, 2, 2), (5, 2, 2)],
         [1, 3], [8, 7])])
-def test_depthwise_conv2d_matches_conv2d(k, stride, dilation, m, size):
+def test_depthwise_forward_and_backward_match_conv2d(k, stride, dilation, m, size):
     g = torch.Generator().manual_seed(k * 100 + stride * 10 + dilation + m + size)
     C, pad = 3, dilation * (k - 1) // 2
     x = torch.randn(2, C, size, size + 1, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(m * C, 1, k, k, generator=g, dtype=torch.float64, requires_grad=True)
-    y = depthwise_conv2d(x.float(), w.float(), stride, pad, dilation)
+    cl = torch.channels_last
+    x32 = x.detach().float().contiguous(memory_format=cl)
+    y = depthwise_forward(x32, w.detach().float(), stride, pad, dilation)
     y_ref = F.conv2d(x.repeat(1, m, 1, 1), w, None, stride, pad, dilation, m * C)
-    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert y.is_contiguous(memory_format=cl)
     gy = torch.randn(y_ref.shape, generator=g, dtype=torch.float64)
-    gx, gw = torch.autograd.grad(y, (x, w), gy.float())
+    gx, gw = depthwise_backward(x32, w.detach().float(), gy.float().contiguous(memory_format=cl),
+                                stride, pad, dilation)
     gx_ref, gw_ref = torch.autograd.grad(y_ref, (x, w), gy)
     assert rel(y, y_ref) < 1e-5 and rel(gx, gx_ref) < 1e-5 and rel(gw, gw_ref) < 1e-5
 
@@ -199,23 +312,21 @@ def test_grouped_pointwise_matches_conv2d():
     assert all(rel(a, b) < 1e-10 for a, b in zip(grads, grads_ref))
 
 
-def test_weighted_sum_matches_autograd():
+def test_node_sum_matches_autograd():
     g = torch.Generator().manual_seed(0)
     block = torch.randn(2, 6, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     single = torch.randn(2, 1, 4, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     w = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
     parts = [block[:, 1:4], single]
-    out = weighted_sum_parts(parts, w)
+    out = node_sum(parts, w)
     ref = sum(w[k] * t for k, t in enumerate([block[:, 1], block[:, 2], block[:, 3], single[:, 0]]))
     assert rel(out, ref) < 1e-12
-    assert torch.autograd.gradcheck(lambda b, s, w: weighted_sum_parts([b[:, 1:4], s], w),
+    assert torch.autograd.gradcheck(lambda b, s, w: node_sum([b[:, 1:4], s], w),
                                     (block, single, w))
-    xs = [torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(3)]
-    assert rel(weighted_sum(xs, w[:3]), sum(w[k] * x for k, x in enumerate(xs))) < 1e-12
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_dil_conv_blocks_match_the_modules(training):
+def test_conv_blocks_match_the_modules(training):
     """One fused call == the reference DilConv modules, outputs, all gradients, statistics."""
     from fastnas.ops import DilConv
 
@@ -230,7 +341,7 @@ def test_dil_conv_blocks_match_the_modules(training):
     x = torch.randn(3, C, 6, 6, requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     # groups: ops 0 and 1 read x; op 2 reads x too but as its own group
-    y = dil_conv_blocks([x], [(0, 1, 1, 1), (0, 1, 4, 2), (0, 1, 2, 2)],
+    y = conv_blocks([x], [(0, 1, 1, 1), (0, 1, 4, 2), (0, 1, 2, 2)],
                         [b[1].weight for b in twin],
                         torch.stack([b[2].weight.view(C, C) for b in twin]), [b[3] for b in twin])
     y_ref = torch.cat([m(x2) for m in convs], 1)

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from fastnas import Genotype, genotypes
-from fastnas.genotypes import AmoebaNet, DARTS_V1, DARTS_V2, NASNet, PUBLISHED, by_name
+from fastnas.genotypes import DARTS_V1, DARTS_V2, PUBLISHED, AmoebaNet, NASNet, by_name
 
 PAPER_PRINTED = (
     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fastnas import NetworkCIFAR, NetworkImageNet
-from fastnas.genotypes import PUBLISHED, DARTS_V2
+from fastnas.genotypes import DARTS_V2, PUBLISHED
 from fastnas.networks import Cell
 
 

@@ -4,11 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastnas import DARTSOptimizer
-from fastnas.architect import Architect
-from fastnas.fast_supernet import FastNetwork
-from fastnas.precision import Precision
-from fastnas.supernet import Network
+from fastnas import DARTSOptimizer, SearchNetwork
+from fastnas.darts import Architect, Precision
+from fastnas.supernet import FastSearchNetwork
 
 KW = dict(C=4, num_classes=5, layers=3, num_nodes=4, multiplier=4)
 CFG = dict(channels=4, layers=3, num_classes=5, batch_size=4, device="cpu", seed=2)
@@ -19,7 +17,7 @@ def batch(seed=1):
     return torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 5, (4,), generator=g)
 
 
-@pytest.mark.parametrize("cls", [Network, FastNetwork])
+@pytest.mark.parametrize("cls", [SearchNetwork, FastSearchNetwork])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_loss_close_to_fp32(cls, precision):
     torch.manual_seed(0)
@@ -37,10 +35,10 @@ def test_loss_close_to_fp32(cls, precision):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-def test_search_step(precision, backend):
-    opt32 = DARTSOptimizer({**CFG, "backend": backend})
-    opt = DARTSOptimizer({**CFG, "backend": backend, "precision": precision})
+@pytest.mark.parametrize("supernet", ["reference", "fast"])
+def test_search_step(precision, supernet):
+    opt32 = DARTSOptimizer({**CFG, "supernet": supernet})
+    opt = DARTSOptimizer({**CFG, "supernet": supernet, "precision": precision})
     assert (opt.precision.scaler is not None) == (precision == "fp16")
     train, val = batch(7), batch(8)
     s32, s = opt32.step(train, val), opt.step(train, val)
@@ -52,7 +50,7 @@ def test_search_step(precision, backend):
     if precision == "fp16":
         state = opt.state_dict()
         assert "grad_scaler" in state
-        again = DARTSOptimizer({**CFG, "backend": backend, "precision": precision})
+        again = DARTSOptimizer({**CFG, "supernet": supernet, "precision": precision})
         again.load_state_dict(state)
         assert again.precision.scaler.get_scale() == opt.precision.scaler.get_scale()
 
@@ -69,7 +67,7 @@ def test_architect_loss_scale_is_divided_out():
     """With a loss scale the architect's gradients (first and second order, finite differences
     included) are the unscaled fp32 ones."""
     torch.manual_seed(0)
-    net = FastNetwork(**KW)
+    net = FastSearchNetwork(**KW)
     train, val = batch(7), batch(8)
     wopt = torch.optim.SGD(net.weights(), lr=0.1, momentum=0.9)
     plain = Architect(net, lr=0.01, order=2)
@@ -83,7 +81,7 @@ def test_architect_loss_scale_is_divided_out():
 
 def test_architect_skips_non_finite_steps():
     torch.manual_seed(0)
-    net = FastNetwork(**KW)
+    net = FastSearchNetwork(**KW)
     arch = Architect(net, lr=0.01, loss_scale=lambda: float("inf"))
     before = [a.detach().clone() for a in net.alphas()]
     arch.step(batch(7), batch(8), 0.1, torch.optim.SGD(net.weights(), lr=0.1))
@@ -92,7 +90,7 @@ def test_architect_skips_non_finite_steps():
 
 
 def test_unsupported_precision_is_a_clear_error(monkeypatch):
-    import fastnas.precision as precision
+    import fastnas.darts.precision as precision
 
     monkeypatch.setattr(precision, "_autocast_supports", lambda device, dtype: False)
     with pytest.raises(ValueError, match="use 'bf16' on the CPU"):

@@ -1,8 +1,7 @@
-import pytest
 import torch
 import torch.nn as nn
 
-from fastnas import PRIMITIVES, Genotype, MixedOp, Network, SearchCell
+from fastnas import PRIMITIVES, Genotype, MixedOp, SearchCell, SearchNetwork
 from fastnas.supernet import derive_genotype, num_edges
 
 
@@ -11,21 +10,21 @@ def count(params):
 
 
 def test_default_search_network_has_the_paper_weight_count():
-    net = Network()
+    net = SearchNetwork()
     assert count(net.weights()) == 1_930_618
     assert count(net.parameters()) == 1_930_618 + 2 * 14 * 8
 
 
 def test_alphas_are_registered_parameters_in_primitive_order():
     torch.manual_seed(0)
-    net = Network(C=4, layers=3)
+    net = SearchNetwork(C=4, layers=3)
     names = dict(net.named_parameters())
     assert names["alphas_normal"] is net.alphas_normal
     assert names["alphas_reduce"] is net.alphas_reduce
     assert net.alphas_normal.shape == (14, len(PRIMITIVES)) == net.alphas_reduce.shape
     assert "alphas_normal" in net.state_dict()
     # init is 1e-3 * randn
-    big = Network(C=2, layers=1, num_nodes=16)
+    big = SearchNetwork(C=2, layers=1, num_nodes=16)
     assert 0.5e-3 < big.alphas_normal.std().item() < 2e-3
     weight_ids = {id(p) for p in net.weights()}
     assert not weight_ids & {id(a) for a in net.alphas()}
@@ -34,7 +33,7 @@ def test_alphas_are_registered_parameters_in_primitive_order():
 
 def test_forward_shapes_and_in_channels():
     torch.manual_seed(0)
-    net = Network(C=4, num_classes=7, layers=3, num_nodes=2, in_channels=1)
+    net = SearchNetwork(C=4, num_classes=7, layers=3, num_nodes=2, in_channels=1)
     assert net.alphas_normal.shape == (num_edges(2), 8) == (5, 8)
     out = net(torch.randn(3, 1, 9, 9))
     assert out.shape == (3, 7)
@@ -94,7 +93,7 @@ def test_derivation_rule_on_planted_alphas():
     # reduce: all-equal rows elsewhere: ties go to the lower index (first op after 'none')
     assert g.reduce[:2] == (("avg_pool_3x3", 1), ("skip_connect", 0))
     assert g.reduce[2:4] == (("max_pool_3x3", 0), ("max_pool_3x3", 1))
-    net = Network(C=2, layers=3)
+    net = SearchNetwork(C=2, layers=3)
     with torch.no_grad():
         net.alphas_normal.copy_(normal)
         net.alphas_reduce.copy_(reduce)

@@ -10,8 +10,14 @@ import torch.nn as nn
 from fastnas import data, genotypes
 from fastnas.checkpoint import load_checkpoint, save_atomic, write_json_atomic
 from fastnas.errors import UserError
-from fastnas.training import (FinalTrainer, TrainConfig, count_multiply_adds, count_parameters,
-                              load_model, train_genotype)
+from fastnas.training import (
+    FinalTrainer,
+    TrainConfig,
+    count_multiply_adds,
+    count_parameters,
+    load_model,
+    train_genotype,
+)
 
 CPU = torch.device("cpu")
 TINY = dict(epochs=2, batch_size=32, channels=4, layers=3, auxiliary=True, cutout=0,

@@ -5,7 +5,7 @@ networks, ``MacroArch``) search space.
 import json
 
 from ..genotypes import Genotype
-from .config import ENASConfig, SEARCH_SPACES
+from .config import SEARCH_SPACES, ENASConfig
 from .controller import MacroController, MicroController
 from .macro import MACRO_OPS, MacroArch, MacroNetwork, MacroSupernet
 from .micro import MICRO_OPS, MicroSupernet

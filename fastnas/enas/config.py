@@ -6,11 +6,10 @@ resolved values, so a saved config reloads to the same search.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Optional
 
-from ..config import _check_choice, _check_float, _check_int, check_device, config_from_dict
+from ..config import Config, check_int, choice, device, integer, number
 
 SEARCH_SPACES = ("micro", "macro")
 
@@ -23,7 +22,7 @@ SPACE_DEFAULTS = {
 
 
 @dataclass
-class ENASConfig:
+class ENASConfig(Config):
     """ENAS search settings (Pham et al., ICML 2018). ``num_steps`` is the number of epochs.
 
     Search space: ``micro`` searches a normal and a reduction cell of ``num_nodes`` nodes stacked
@@ -47,86 +46,50 @@ class ENASConfig:
     batch is returned.
     """
 
-    search_space: str = "micro"
-    num_nodes: int = 5
-    num_layers: Optional[int] = None
-    channels: Optional[int] = None
-    num_classes: int = 10
-    in_channels: int = 3
-    batch_size: Optional[int] = None
-    num_steps: Optional[int] = None
-    seed: Optional[int] = 2
-    device: str = "auto"
+    search_space: str = choice("micro", SEARCH_SPACES)
+    num_nodes: int = integer(5, low=1, high=16)
+    num_layers: Optional[int] = integer(None, low=1)
+    channels: Optional[int] = integer(None, low=1)
+    num_classes: int = integer(10, low=2)
+    in_channels: int = integer(3, low=1)
+    batch_size: Optional[int] = integer(None, low=1)
+    num_steps: Optional[int] = integer(None, low=1)
+    seed: Optional[int] = integer(2, low=0, optional=True)
+    device: str = device("auto")
     # controller
-    controller_hidden: int = 100
-    controller_lr: Optional[float] = None
-    controller_steps: Optional[int] = None
-    controller_samples: int = 1
-    tanh_constant: Optional[float] = None
-    op_tanh_reduce: float = 2.5
-    temperature: Optional[float] = None
-    entropy_weight: float = 1e-4
-    baseline_decay: float = 0.99
-    skip_target: float = 0.4
-    skip_weight: float = 0.8
+    controller_hidden: int = integer(100, low=1)
+    controller_lr: Optional[float] = number(None, low=0, low_open=True)
+    controller_steps: Optional[int] = integer(None, low=0)
+    controller_samples: int = integer(1, low=1)
+    tanh_constant: Optional[float] = number(None, low=0, low_open=True)
+    op_tanh_reduce: float = number(2.5, low=0, low_open=True)
+    temperature: Optional[float] = number(None, low=0, low_open=True, optional=True)
+    entropy_weight: float = number(1e-4, low=0)
+    baseline_decay: float = number(0.99, low=0, high=1, high_open=True)
+    skip_target: float = number(0.4, low=0, high=1, low_open=True, high_open=True)
+    skip_weight: float = number(0.8, low=0)
     # shared weights
-    shared_lr: float = 0.05
-    lr_min: float = 0.0005
-    lr_t0: Optional[int] = None
-    lr_t_mul: int = 2
-    momentum: float = 0.9
-    weight_decay: Optional[float] = None
-    grad_clip: Optional[float] = 5.0
-    derive_samples: int = 10
+    shared_lr: float = number(0.05, low=0, low_open=True)
+    lr_min: float = number(0.0005, low=0, high="shared_lr")
+    lr_t0: Optional[int] = integer(None, low=1, optional=True)
+    lr_t_mul: int = integer(2, low=1)
+    momentum: float = number(0.9, low=0, high=1, high_open=True)
+    weight_decay: Optional[float] = number(None, low=0)
+    grad_clip: Optional[float] = number(5.0, low=0, low_open=True, optional=True)
+    derive_samples: int = integer(10, low=1)
 
-    def __post_init__(self):
-        _check_choice("search_space", self.search_space, SEARCH_SPACES)
-        for name, value in SPACE_DEFAULTS[self.search_space].items():
+    def resolve_defaults(self) -> None:
+        """Fields left at None take the chosen search space's defaults (``SPACE_DEFAULTS``)."""
+        for name, value in SPACE_DEFAULTS.get(self.search_space, {}).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
-        _check_int("num_nodes", self.num_nodes, low=1, high=16)
-        _check_int("num_layers", self.num_layers, low=3 if self.search_space == "micro" else 1)
-        _check_int("channels", self.channels, low=1)
-        if self.search_space == "macro" and self.channels % 2:
+
+    def validate(self) -> None:
+        if self.search_space == "micro":
+            check_int("num_layers", self.num_layers, low=3)
+        elif self.channels % 2:
             raise ValueError(f"channels must be even in the macro space (factorized reductions "
                              f"halve it), got {self.channels}")
-        _check_int("num_classes", self.num_classes, low=2)
-        _check_int("in_channels", self.in_channels, low=1)
-        _check_int("batch_size", self.batch_size, low=1)
-        _check_int("num_steps", self.num_steps, low=1)
-        if self.seed is not None:
-            _check_int("seed", self.seed, low=0)
-        check_device("device", self.device)
-        _check_int("controller_hidden", self.controller_hidden, low=1)
-        _check_float("controller_lr", self.controller_lr, low=0, low_open=True)
-        _check_int("controller_steps", self.controller_steps, low=0)
-        _check_int("controller_samples", self.controller_samples, low=1)
-        _check_float("tanh_constant", self.tanh_constant, low=0, low_open=True)
-        _check_float("op_tanh_reduce", self.op_tanh_reduce, low=0, low_open=True)
-        if self.temperature is not None:
-            _check_float("temperature", self.temperature, low=0, low_open=True)
-        _check_float("entropy_weight", self.entropy_weight, low=0)
-        _check_float("baseline_decay", self.baseline_decay, low=0, high=1, high_open=True)
-        _check_float("skip_target", self.skip_target, low=0, high=1, low_open=True, high_open=True)
-        _check_float("skip_weight", self.skip_weight, low=0)
-        _check_float("shared_lr", self.shared_lr, low=0, low_open=True)
-        _check_float("lr_min", self.lr_min, low=0, high=self.shared_lr)
-        if self.lr_t0 is not None:
-            _check_int("lr_t0", self.lr_t0, low=1)
-        _check_int("lr_t_mul", self.lr_t_mul, low=1)
-        _check_float("momentum", self.momentum, low=0, high=1, high_open=True)
-        _check_float("weight_decay", self.weight_decay, low=0)
-        if self.grad_clip is not None:
-            _check_float("grad_clip", self.grad_clip, low=0, low_open=True)
-        _check_int("derive_samples", self.derive_samples, low=1)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ENASConfig":
-        """Build from a dict; unknown keys raise a ValueError naming them."""
-        return config_from_dict(cls, values)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 __all__ = ["ENASConfig", "SEARCH_SPACES", "SPACE_DEFAULTS"]

@@ -91,7 +91,7 @@ class MacroArch:
         return out
 
     @classmethod
-    def from_choices(cls, choices: Sequence[int], num_layers: int) -> "MacroArch":
+    def from_choices(cls, choices: Sequence[int], num_layers: int) -> MacroArch:
         ops, skips, pos = [], [], 0
         for l in range(num_layers):
             ops.append(MACRO_OPS[choices[pos]])
@@ -110,7 +110,7 @@ class MacroArch:
                        r"\s*skips\s*=\s*(\[.*\])\s*\)\s*$", re.S)
 
     @classmethod
-    def parse(cls, text: str) -> "MacroArch":
+    def parse(cls, text: str) -> MacroArch:
         """Parse ``str(arch)`` (single or double quotes); never evaluates the text."""
         m = cls._TEXT.match(text) if isinstance(text, str) else None
         if not m:
@@ -128,7 +128,7 @@ class MacroArch:
                 "skips": [list(r) for r in self.skips]}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MacroArch":
+    def from_dict(cls, data: dict) -> MacroArch:
         if not isinstance(data, dict):
             raise ValueError(f"macro architecture JSON must be an object, "
                              f"got {type(data).__name__}")
@@ -145,7 +145,7 @@ class MacroArch:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str) -> "MacroArch":
+    def from_json(cls, text: str) -> MacroArch:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -157,7 +157,7 @@ class MacroArch:
         write_json_atomic(self.to_dict(), path)
 
     @classmethod
-    def load(cls, path: str) -> "MacroArch":
+    def load(cls, path: str) -> MacroArch:
         """Read a file written by ``save`` (JSON) or holding ``str(arch)``."""
         with open(path, encoding="utf-8") as f:
             text = f.read()

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..genotypes import Genotype
-from ..ops import make_op
+from ..ops import cell_plan, make_op, reduction_layers
 
 MICRO_OPS = ("sep_conv_3x3", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3", "skip_connect")
 
@@ -171,23 +171,18 @@ class MicroSupernet(nn.Module):
                                   nn.BatchNorm2d(C_stem))
         # a cell's output is described as (number of blocks, block width); the stem is one block
         out_pp = out_p = (1, C_stem)
-        C_curr, reduction_prev = C, False
         self.cells = nn.ModuleList()
-        for i in range(layers):
-            reduction = i in self.reduction_layers
-            if reduction:
-                C_curr *= 2
-            self.cells.append(SharedCell(num_nodes, out_pp, out_p, C_curr, reduction,
-                                         reduction_prev))
-            reduction_prev = reduction
-            out_pp, out_p = out_p, (num_nodes, C_curr)
-        self.classifier = nn.Linear(num_nodes * C_curr, num_classes)
-        self._classifier_width = C_curr
+        for spec in cell_plan(layers, C):
+            self.cells.append(SharedCell(num_nodes, out_pp, out_p, spec.C, spec.reduction,
+                                         spec.reduction_prev))
+            out_pp, out_p = out_p, (num_nodes, spec.C)
+        self.classifier = nn.Linear(num_nodes * spec.C, num_classes)
+        self._classifier_width = spec.C
         batch_statistics_only(self)
 
     @property
     def reduction_layers(self) -> Tuple[int, int]:
-        return (self.layers // 3, 2 * self.layers // 3)
+        return reduction_layers(self.layers)
 
     def forward(self, x: torch.Tensor, genotype: Genotype) -> torch.Tensor:
         s = self.stem(x)

@@ -20,7 +20,7 @@ which removes the start-up bias of the moving average (so the very first update 
 advantage). The macro skip penalty is added to the loss with its exact gradient, as the
 reference (``loss += skip_weight * skip_penaltys``).
 
-Shared learning rate, per epoch ``e`` (``fastnas.darts.cosine_lr``):
+Shared learning rate, per epoch ``e`` (``fastnas.engine.cosine_lr``):
 ``lr_min + (shared_lr - lr_min) * (1 + cos(pi * e_cur / T)) / 2``, with ``T`` the number of
 epochs, or with warm restarts (``lr_t0``) ``T = lr_t0 * lr_t_mul ** k`` and ``e_cur`` the epochs
 since the last restart, as the reference's ``lr_cosine``.
@@ -28,16 +28,35 @@ since the last restart, as the reference's ``lr_cosine``.
 from __future__ import annotations
 
 import math
-import os
-import time
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..darts import _Mean, _accuracy, _check_batch, cosine_lr
+from ..checkpoint import Resumable
+from ..engine import (
+    Batch,
+    RunningMean,
+    accuracy,
+    check_batch,
+    check_epochs,
+    cosine_lr,
+    run_epochs,
+    to_device,
+)
 from ..genotypes import Genotype
 from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 from .config import ENASConfig
@@ -46,15 +65,17 @@ from .macro import MACRO_OPS, MacroArch, MacroSupernet
 from .micro import MICRO_OPS, MicroSupernet, choices_from_genotype, genotype_from_choices
 
 Arch = Union[Genotype, MacroArch]
-Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
-class ENASOptimizer:
+class ENASOptimizer(Resumable):
     """ENAS as a drop-in object: ``ask``/``tell``, ``step``, ``train_controller``, ``search``,
     ``derive``, ``evaluate``, ``state_dict``/``save``/``load``.
 
     ``config`` is a dict with the keys of :class:`ENASConfig` (or an ENASConfig). Architectures
-    are ``fastnas.Genotype`` in the micro space and :class:`MacroArch` in the macro space.
+    are ``fastnas.Genotype`` in the micro space and :class:`MacroArch` in the macro space. As a
+    search strategy it answers ``architecture()`` (the derived architecture once ``search`` has
+    finished, else the controller's most likely one) and ``evaluate(loader)``, like
+    ``DARTSOptimizer``.
     """
 
     def __init__(self, config: Union[Mapping[str, Any], ENASConfig, None] = None):
@@ -99,6 +120,7 @@ class ENASOptimizer:
         self.lr = self.lr_at(0)
         self._set_lr(self.lr)
         self.history: List[Dict[str, Any]] = []
+        self.derived: Optional[Arch] = None  # search's final pick
 
     # -- architectures ------------------------------------------------------------------------
     def choices(self, arch: Arch) -> List[int]:
@@ -112,6 +134,11 @@ class ENASOptimizer:
             raise ValueError(f"the search space has {self.config.num_layers} layers, the "
                              f"architecture {arch.num_layers}")
         return arch.to_choices()
+
+    def architecture(self) -> Arch:
+        """The search's current answer: the architecture ``search`` derived, or before that the
+        controller's most likely one (``ask(greedy=True)``)."""
+        return self.derived if self.derived is not None else self.ask(greedy=True)
 
     def _arch(self, choices: Sequence[int]) -> Arch:
         if self.micro:
@@ -180,7 +207,7 @@ class ENASOptimizer:
         """One SGD step of the shared weights on ``arch`` (default: a fresh sample); only that
         child's weights run and receive gradients. Returns ``train_loss``, ``train_acc``, ``lr``
         and the child's text ``arch``."""
-        x, y = self._to_device(_check_batch("train_batch", train_batch))
+        x, y = self._batch("train_batch", train_batch)
         arch = self.ask() if arch is None else arch
         self.choices(arch)
         self.model.train()
@@ -192,15 +219,15 @@ class ENASOptimizer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.shared_optimizer.step()
         self.global_step += 1
-        return {"train_loss": loss.item(), "train_acc": _accuracy(logits, y), "lr": self.lr,
+        return {"train_loss": loss.item(), "train_acc": accuracy(logits, y), "lr": self.lr,
                 "arch": str(arch)}
 
     @torch.no_grad()
     def reward(self, arch: Arch, val_batch: Batch) -> float:
         """The default reward: accuracy of ``arch`` on ``val_batch`` with the shared weights."""
-        x, y = self._to_device(_check_batch("val_batch", val_batch))
+        x, y = self._batch("val_batch", val_batch)
         self.choices(arch)
-        return _accuracy(self.model(x, arch), y)
+        return accuracy(self.model(x, arch), y)
 
     def train_controller(self, val_batch: Batch) -> Dict[str, float]:
         """Sample ``controller_samples`` architectures, reward each on ``val_batch``, ``tell``."""
@@ -210,8 +237,8 @@ class ENASOptimizer:
 
     # -- the search loop ----------------------------------------------------------------------
     def search(self, train_loader: Iterable, val_loader: Iterable, epochs: Optional[int] = None,
-               callback: Optional[Callable[["ENASOptimizer", dict], Optional[bool]]] = None,
-               on_step: Optional[Callable[["ENASOptimizer", dict], None]] = None) -> Arch:
+               callback: Optional[Callable[[ENASOptimizer, dict], Optional[bool]]] = None,
+               on_step: Optional[Callable[[ENASOptimizer, dict], None]] = None) -> Arch:
         """Run until ``epochs`` epochs (default ``num_steps``) are complete, then return the best
         of ``derive_samples`` sampled architectures on a validation batch (``derive``).
 
@@ -222,14 +249,12 @@ class ENASOptimizer:
         called after every shared-weight step.
         """
         if epochs is not None:
-            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-                raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-            self.total_epochs = epochs
+            self.total_epochs = check_epochs(epochs)
         val_batches = _cycle(val_loader)
-        while self.epoch < self.total_epochs:
-            self._set_lr(self.lr_at(self.epoch))
-            start = time.perf_counter()
-            shared = {k: _Mean() for k in ("train_loss", "train_acc")}
+
+        def run_epoch(epoch: int) -> Dict[str, Any]:
+            self._set_lr(self.lr_at(epoch))
+            shared = {k: RunningMean() for k in ("train_loss", "train_acc")}
             steps = 0
             for batch in train_loader:
                 stats = self.step(batch)
@@ -240,23 +265,20 @@ class ENASOptimizer:
                     on_step(self, stats)
             if steps == 0:
                 raise ValueError("train_loader yielded no batches")
-            ctrl: Dict[str, _Mean] = {}
+            ctrl: Dict[str, RunningMean] = {}
             for _ in range(self.config.controller_steps):
                 for k, v in self.train_controller(next(val_batches)).items():
-                    ctrl.setdefault(k, _Mean()).add(v, 1)
-            record = {"epoch": self.epoch, "lr": self.lr, "steps": steps,
-                      **{k: m.value for k, m in shared.items()},
-                      "controller_steps": self.config.controller_steps,
-                      **{k: m.value for k, m in ctrl.items() if k != "baseline"},
-                      "val_acc": ctrl["reward"].value if ctrl else float("nan"),
-                      "baseline": self.baseline if self.baseline is not None else float("nan"),
-                      "arch": str(self.ask(greedy=True)),
-                      "seconds": time.perf_counter() - start}
-            self.history.append(record)
-            self.epoch += 1
-            if callback is not None and callback(self, record) is False:
-                break
-        return self.derive(val_data=next(val_batches))
+                    ctrl.setdefault(k, RunningMean()).add(v, 1)
+            return {"lr": self.lr, "steps": steps, **{k: m.value for k, m in shared.items()},
+                    "controller_steps": self.config.controller_steps,
+                    **{k: m.value for k, m in ctrl.items() if k != "baseline"},
+                    "val_acc": ctrl["reward"].value if ctrl else float("nan"),
+                    "baseline": self.baseline if self.baseline is not None else float("nan"),
+                    "arch": str(self.ask(greedy=True))}
+
+        run_epochs(self, run_epoch, callback)
+        self.derived = self.derive(val_data=next(val_batches))
+        return self.derived
 
     def derive(self, n: Optional[int] = None, val_data=None) -> Arch:
         """Sample ``n`` architectures (default ``derive_samples``) and return the best: by
@@ -279,16 +301,18 @@ class ENASOptimizer:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable, arch: Optional[Arch] = None) -> Dict[str, float]:
-        """Loss and accuracy on ``loader`` of ``arch`` (default: the greedy architecture) with
-        the shared weights."""
-        arch = self.ask(greedy=True) if arch is None else arch
+        """Loss and accuracy on ``loader`` of ``arch`` (default: ``architecture()``) with the
+        shared weights."""
+        arch = self.architecture() if arch is None else arch
         self.choices(arch)
-        loss, acc = _Mean(), _Mean()
+        loss, acc = RunningMean(), RunningMean()
         for batch in loader:
-            x, y = self._to_device(_check_batch("batch", batch))
+            x, y = self._batch("batch", batch)
             logits = self.model(x, arch)
             loss.add(F.cross_entropy(logits, y).item(), len(y))
-            acc.add(_accuracy(logits, y), len(y))
+            acc.add(accuracy(logits, y), len(y))
+        if acc.count == 0:
+            raise ValueError("the evaluation loader yielded no batches")
         return {"loss": loss.value, "accuracy": acc.value}
 
     # -- learning rate ------------------------------------------------------------------------
@@ -307,10 +331,9 @@ class ENASOptimizer:
         for group in self.shared_optimizer.param_groups:
             group["lr"] = lr
 
-    def _to_device(self, batch: Batch) -> Batch:
-        x, y = batch
-        nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+    def _batch(self, name: str, batch) -> Batch:
+        cfg = self.config
+        return to_device(check_batch(name, batch, cfg.in_channels, cfg.num_classes), self.device)
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -353,19 +376,6 @@ class ENASOptimizer:
         set_rng_state(state["rng"])
         self.generator.set_state(state["controller_rng"])
 
-    def save(self, path: str) -> None:
-        """Write ``state_dict()`` atomically (temp file, then rename)."""
-        tmp = f"{path}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str, map_location=None, **overrides) -> "ENASOptimizer":
-        """Rebuild an optimizer from a file written by ``save`` (loaded with weights_only=True)."""
-        state = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        opt = cls(dict(state["config"], **overrides))
-        opt.load_state_dict(state)
-        return opt
 
 
 def _as_lists(arch, reward) -> Tuple[List[Arch], List[float]]:

@@ -1,6 +1,6 @@
 """The fast supernet: the reference supernet's math and parameters, fused execution.
 
-``FastNetwork`` holds exactly the modules of ``fastnas.supernet.Network`` (the same
+``FastSearchNetwork`` holds exactly the modules of the reference ``SearchNetwork`` (the same
 ``state_dict`` names and shapes, the same initialization for a given seed, the same
 ``alphas()``, ``weights()``, ``named_weights()`` and ``genotype()``), but each cell runs a plan
 built around the cell's *states* rather than its edges. State ``j`` is read by one edge of
@@ -11,42 +11,49 @@ every later node; for each state, once:
   output depends on the batch only, so they are computed once and shared by every edge (each
   edge's running statistics are still updated; in eval mode each edge normalizes with its own);
 - the first ReLU -> depthwise -> pointwise -> BatchNorm of every sep and dil conv of every edge
-  runs as one ``fastnas.dilconv`` call: ``relu(x_j)`` once, one depthwise call per kernel shape
-  for all edges, one grouped pointwise (strided batched matmul), one BatchNorm over the
-  concatenated channels; the second half of the sep convs likewise. That Function keeps only
-  its input and output for backward (recomputing ReLU and depthwise outputs when a weight
-  gradient is asked for), which is most of the memory saving;
+  runs as one conv-block stage: ``relu(x_j)`` once, one depthwise call per kernel shape for all
+  edges (a channel multiplier ``M``: one kernel per edge and input channel), one grouped pointwise
+  (strided batched matmul), one BatchNorm over the concatenated channels; the second half of the
+  sep convs likewise;
 - ``skip_connect`` is ``x_j`` itself, or for stride 2 the FactorizedReduce of all edges as one
   block-diagonal 1x1 conv and one BatchNorm.
 
-Node ``i`` is then one weighted sum over all its edges and ops (``fastnas.weighted_sum``;
-``fastnas.kernels.weighted_sum`` for the ``triton`` backend). Tensors are channels_last from the
-stem on (the CPU kernels used are fastest on it). Every custom Function computes only the
-gradients the current backward asks for (``fastnas.grad_edges``): the architecture step needs
-no weight gradient, the weight step no alpha gradient.
+Node ``i`` is then one weighted sum over all its edges and ops. Tensors are channels_last from
+the stem on (the kernels used are fastest on it).
+
+The same plan runs with one of two kernel sets, chosen per forward by the kernel backend
+(``fastnas.kernels.set_backend`` / ``FASTNAS_BACKEND``; ``auto`` picks Triton for CUDA tensors):
+
+- torch (``TorchKernels``): the CPU autograd Functions of ``fastnas.ops.functional``. A conv-block
+  stage is one Function that keeps only its input and output for backward (recomputing ReLU and
+  depthwise outputs when a weight gradient is asked for), and every Function computes only the
+  gradients the current backward asks for (``grad_edges``): the architecture step needs no weight
+  gradient, the weight step no alpha gradient. On CUDA they use cuDNN and cuBLAS.
+- Triton (``TritonKernels``): ``fastnas.kernels.depthwise_conv2d`` (with the channel multiplier:
+  the input is never repeated) and ``fastnas.kernels.weighted_sum`` for the node sums, composed
+  with the grouped pointwise matmul and the stacked BatchNorm under autograd.
 
 Stacked weights (depthwise kernels, pointwise matrices) are built inside ``forward`` from the
 registered parameters, so ``torch.func.functional_call`` (the architect's virtual weights) swaps
 them like any other module's.
-
-Backends: ``torch`` (the CPU fast path, and CUDA through cuDNN and cuBLAS) and ``triton``
-(CUDA: ``fastnas.kernels.depthwise_conv2d`` and ``weighted_sum`` composed under autograd).
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Union
+from typing import List, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpointing import checkpoint_module
-from .dilconv import dil_conv_blocks
-from .ops import PRIMITIVES
-from .pointwise import grouped_pointwise
-from .profiling import stage
-from .supernet import Network, SearchCell
-from .weighted_sum import weighted_sum_parts
+from .. import kernels
+from ..kernels import dispatch
+from ..ops import PRIMITIVES
+from ..ops.functional.batch_norm import shared_batch_norm, stacked_batch_norm
+from ..ops.functional.conv_blocks import conv_blocks
+from ..ops.functional.node_sum import node_sum
+from ..ops.functional.pointwise import grouped_pointwise
+from .reference import SearchCell, SearchNetwork
+from .stages import stage
 
 # Column of each op in the alpha matrix (PRIMITIVES order).
 _MAX, _AVG, _SKIP, _SEP3, _SEP5, _DIL3, _DIL5 = (PRIMITIVES.index(n) for n in (
@@ -58,39 +65,37 @@ _STAGE1 = ((_SEP3, 3, 1), (_SEP5, 5, 1), (_DIL3, 3, 2), (_DIL5, 5, 2))
 _STAGE2 = ((_SEP3, 3), (_SEP5, 5))
 
 
-# -- backends -------------------------------------------------------------------------------------
-class TorchOps:
-    """The primitives of the fused cell in plain torch (CPU fast path, CUDA fallback)."""
+# -- kernel sets ----------------------------------------------------------------------------------
+class TorchKernels:
+    """The fused plan's primitives as the CPU autograd Functions of ``fastnas.ops.functional``."""
 
     name = "torch"
-    # Each stage of DilConv blocks is one fastnas.dilconv Function; False composes
-    # relu, ``depthwise`` and the grouped pointwise under autograd instead.
-    fused_blocks = True
+
+    @staticmethod
+    def conv_blocks(inputs, groups, dw, pw, bns):
+        """``BN(pointwise(depthwise(relu(inputs[i]))))`` per group, one Function."""
+        return conv_blocks(inputs, groups, dw, pw, bns)
 
     @staticmethod
     def node_sum(parts, w):
-        return weighted_sum_parts(parts, w)
+        return node_sum(parts, w)
 
 
-class TritonOps(TorchOps):
-    """``fastnas.kernels`` for the depthwise convs and the node sums (CUDA tensors only)."""
+class TritonKernels:
+    """``fastnas.kernels`` for the depthwise convs and the node sums, composed under autograd."""
 
     name = "triton"
-    fused_blocks = False  # the kernels' own autograd Functions are composed
 
     @staticmethod
-    def depthwise(x, weight, stride, padding, dilation):
-        from . import kernels
-
-        M = weight.shape[0] // x.shape[1]
-        # Kernels are not autocast ops: give them one dtype, as conv2d under autocast would.
-        return kernels.depthwise_conv2d(x.repeat(1, M, 1, 1) if M > 1 else x,
-                                        weight.to(x.dtype), stride, padding, dilation)
+    def conv_blocks(inputs, groups, dw, pw, bns):
+        relus = [torch.relu(x) for x in inputs]
+        # The kernels are not autocast ops: give them one dtype, as conv2d under autocast would.
+        d = [kernels.depthwise_conv2d(relus[i], w.to(relus[i].dtype), s, p, dil)
+             for (i, s, p, dil), w in zip(groups, dw)]
+        return stacked_batch_norm(grouped_pointwise(d, pw), bns)
 
     @staticmethod
     def node_sum(parts, w):
-        from . import kernels
-
         dtype = parts[0].dtype
         for p in parts[1:]:
             dtype = torch.promote_types(dtype, p.dtype)
@@ -98,77 +103,13 @@ class TritonOps(TorchOps):
         return kernels.weighted_sum(xs, w)
 
 
-def triton_available() -> bool:
-    """True when CUDA is present and ``fastnas.kernels`` provides the Triton ops we call."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        from . import kernels
-    except Exception:  # a broken kernels build must not break the torch path
-        return False
-    return getattr(kernels, "HAS_TRITON", False) and all(
-        callable(getattr(kernels, n, None)) for n in ("weighted_sum", "depthwise_conv2d"))
+KERNEL_SETS = {"torch": TorchKernels, "triton": TritonKernels}
 
 
-def resolve_backend(backend: str, device: Union[str, torch.device]) -> str:
-    """``auto`` -> ``torch`` on the CPU; on CUDA ``triton`` if available, else ``torch``."""
-    device = torch.device(device)
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
-    if backend == "triton":
-        if device.type != "cuda":
-            raise ValueError("backend 'triton' runs on CUDA only; use 'torch' or 'auto' on "
-                             f"device {str(device)!r}")
-        if not triton_available():
-            raise ValueError("backend 'triton' needs fastnas.kernels with weighted_sum and "
-                             "depthwise_conv2d; use 'torch' or 'auto'")
-    return backend
-
-
-_OPS = {"torch": TorchOps, "triton": TritonOps}
-
-
-# -- BatchNorm over concatenated channels ---------------------------------------------------------
-def _fused_batch_norm(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
-    """BatchNorm(affine=False) of ``x: [N, sum C_b, H, W]`` with the statistics of ``bns`` (one
-    per channel block), as one call; running statistics are updated as each module would."""
-    bn = bns[0]
-    if bn.training:
-        running_mean = torch.cat([b.running_mean for b in bns])
-        running_var = torch.cat([b.running_var for b in bns])
-        y = F.batch_norm(x, running_mean, running_var, None, None, True, bn.momentum, bn.eps)
-        with torch.no_grad():
-            sizes = [b.num_features for b in bns]
-            torch._foreach_copy_([b.running_mean for b in bns], list(running_mean.split(sizes)))
-            torch._foreach_copy_([b.running_var for b in bns], list(running_var.split(sizes)))
-            torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
-        return y
-    return F.batch_norm(x, torch.cat([b.running_mean for b in bns]),
-                        torch.cat([b.running_var for b in bns]), None, None, False, 0.0, bn.eps)
-
-
-def _shared_batch_norm(x: torch.Tensor, groups: Sequence[Sequence[nn.BatchNorm2d]]):
-    """Training-mode BatchNorm(affine=False) of ``x`` computed once for several module groups
-    that all normalize ``x`` (one group per edge); every group's running statistics are updated
-    as if each group had normalized ``x`` itself."""
-    bn = groups[0][0]
-    # momentum 1 leaves the batch mean and unbiased variance in the scratch buffers.
-    mean = x.new_zeros(x.shape[1], dtype=torch.float32)
-    var = x.new_ones(x.shape[1], dtype=torch.float32)
-    y = F.batch_norm(x, mean, var, None, None, True, 1.0, bn.eps)
-    with torch.no_grad():
-        m = bn.momentum
-        sizes = [b.num_features for b in groups[0]]
-        means, vars_ = list(mean.split(sizes)), list(var.split(sizes))
-        for group in groups:
-            rms = [b.running_mean for b in group]
-            rvs = [b.running_var for b in group]
-            torch._foreach_mul_(rms, 1 - m)
-            torch._foreach_add_(rms, means, alpha=m)
-            torch._foreach_mul_(rvs, 1 - m)
-            torch._foreach_add_(rvs, vars_, alpha=m)
-        torch._foreach_add_([b.num_batches_tracked for g in groups for b in g], 1)
-    return y
+def kernel_set_for(x: torch.Tensor):
+    """The kernel set the kernel backend picks for tensors like ``x`` (see the module docstring);
+    a backend forced to ``triton`` that cannot run on ``x`` raises, never falls back."""
+    return TritonKernels if dispatch.use_triton("the fast supernet", x) else TorchKernels
 
 
 class _BlockViews(torch.autograd.Function):
@@ -226,7 +167,7 @@ class FastSearchCell(nn.Module):
     stack that the grouped pointwise conv and the node sums read in place.
     """
 
-    def __init__(self, cell: SearchCell, ops=TorchOps):
+    def __init__(self, cell: SearchCell):
         super().__init__()
         if len(cell.edges[0].ops) != len(PRIMITIVES):
             raise ValueError("the fast supernet supports the standard PRIMITIVES only")
@@ -236,7 +177,7 @@ class FastSearchCell(nn.Module):
         self.preprocess0 = cell.preprocess0
         self.preprocess1 = cell.preprocess1
         self.edges = cell.edges
-        self.ops = ops
+        self.kernels = TorchKernels  # set per forward by FastSearchNetwork
         # Edge (i, j) from state j to node i; node i's edges are rows first(i) .. first(i) + i + 1.
         self._first = [sum(n + 2 for n in range(i)) for i in range(self.num_nodes)]
         # State j is read by nodes max(0, j - 1) .. num_nodes - 1 (the last node by none).
@@ -246,14 +187,6 @@ class FastSearchCell(nn.Module):
         self._plans = [_StatePlan(self.edges, [self._first[i] + j for i in readers],
                                   2 if self.reduction and j < 2 else 1)
                        for j, readers in enumerate(self._readers)]
-
-    def _dil_convs(self, inputs, groups, dw, pw, bns):
-        """``BN(pointwise(depthwise(relu(inputs[i]))))`` per group, as in ``dil_conv_blocks``."""
-        if self.ops.fused_blocks:
-            return dil_conv_blocks(inputs, groups, dw, pw, bns)
-        relus = [torch.relu(x) for x in inputs]
-        d = [self.ops.depthwise(relus[i], w, s, p, dil) for (i, s, p, dil), w in zip(groups, dw)]
-        return _fused_batch_norm(grouped_pointwise(d, pw), bns)
 
     def _state_parts(self, x: torch.Tensor, plan: _StatePlan) -> List[List[torch.Tensor]]:
         """Every op of every edge that reads ``x``, as the node-sum parts of each reader:
@@ -269,12 +202,12 @@ class FastSearchCell(nn.Module):
             pools = pools.contiguous(memory_format=torch.channels_last)
             Ho, Wo = pools.shape[-2:]
             if plan.pool_bns[0][0].training:
-                shared = _shared_batch_norm(pools, plan.pool_bns).view(N, 2, C, Ho, Wo)
+                shared = shared_batch_norm(pools, plan.pool_bns).view(N, 2, C, Ho, Wo)
                 for p in parts:
                     p.append(shared)
             else:
                 for p, bns in zip(parts, plan.pool_bns):
-                    p.append(_fused_batch_norm(pools, bns).view(N, 2, C, Ho, Wo))
+                    p.append(stacked_batch_norm(pools, bns).view(N, 2, C, Ho, Wo))
         with stage("skip_connect"):
             self._skip_parts(x, plan, parts, Ho, Wo)
         with stage("sep/dil convs, first half"):
@@ -307,7 +240,7 @@ class FastSearchCell(nn.Module):
             zero = w1.new_zeros(E, C // 2, C)
             block = torch.cat([torch.cat([w1, zero], 2), torch.cat([zero, w2], 2)], 1)
             y = torch.matmul(ab, block.view(E * C, 2 * C).t()).permute(0, 3, 1, 2)
-            y = _fused_batch_norm(y, [f.bn for f in plan.skips])
+            y = stacked_batch_norm(y, [f.bn for f in plan.skips])
             views = [lambda t, e=e: t.view(N, E, C, Ho, Wo)[:, e:e + 1] for e in range(E)]
             for p, t in zip(parts, _block_views(y, views)):
                 p.append(t)
@@ -320,7 +253,7 @@ class FastSearchCell(nn.Module):
         dw = [torch.cat([b[1].weight for b in blocks]) for blocks in plan.stage1]
         pw = torch.stack([b[2].weight.view(C, C) for b in first])
         groups = [(0, plan.stride, dil * (k - 1) // 2, dil) for _, k, dil in _STAGE1]
-        return self._dil_convs([x], groups, dw, pw, [b[3] for b in first])
+        return self.kernels.conv_blocks([x], groups, dw, pw, [b[3] for b in first])
 
     def _second_half(self, sep3_half, sep5_half, plan):
         """Second DilConv of the sep convs: one depthwise per kernel size over all channels."""
@@ -329,7 +262,8 @@ class FastSearchCell(nn.Module):
         dw = [torch.cat([b[1].weight for b in blocks]) for blocks in plan.stage2]
         pw = torch.stack([b[2].weight.view(C, C) for b in second])
         groups = [(i, 1, (k - 1) // 2, 1) for i, (_, k) in enumerate(_STAGE2)]
-        return self._dil_convs([sep3_half, sep5_half], groups, dw, pw, [b[3] for b in second])
+        return self.kernels.conv_blocks([sep3_half, sep5_half], groups, dw, pw,
+                                        [b[3] for b in second])
 
     def forward(self, s0, s1, weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
@@ -341,55 +275,28 @@ class FastSearchCell(nn.Module):
                 i = j - 1
                 w = weights[self._first[i]:self._first[i] + i + 2, 1:].reshape(-1)
                 with stage("node sums"):
-                    states.append(self.ops.node_sum(pending[i], w))
+                    states.append(self.kernels.node_sum(pending[i], w))
                 pending[i] = []
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
 # -- networks -------------------------------------------------------------------------------------
-class CheckpointedNetwork(Network):
-    """``Network`` whose chosen cells are recomputed in backward (``set_checkpointing``)."""
+class FastSearchNetwork(SearchNetwork):
+    """The supernet with fused cells (see the module docstring); same parameters, buffers, names
+    and initialization (for a given seed) as the reference ``SearchNetwork``."""
 
-    def __init__(self, *args, checkpointing: Union[bool, Iterable[int]] = False, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.set_checkpointing(checkpointing)
-
-    def set_checkpointing(self, cells: Union[bool, Iterable[int]] = True) -> None:
-        """``True``: every cell; ``False``: none; an iterable: those cell indices."""
-        if isinstance(cells, bool):
-            cells = range(len(self.cells)) if cells else ()
-        cells = set(cells)
-        bad = [c for c in cells if not 0 <= c < len(self.cells)]
-        if bad:
-            raise ValueError(f"no such cells {bad}; the network has {len(self.cells)}")
-        self.checkpointed = cells
-
-    def forward(self, x):
-        w_normal = F.softmax(self.alphas_normal, dim=-1)
-        w_reduce = F.softmax(self.alphas_reduce, dim=-1)
-        s0 = s1 = self.stem(x)
-        for index, cell in enumerate(self.cells):
-            w = w_reduce if cell.reduction else w_normal
-            if index in self.checkpointed and torch.is_grad_enabled():
-                with stage("checkpointed cell inputs"):
-                    s0, s1 = s1, checkpoint_module(cell, s0, s1, w)
-            else:
-                s0, s1 = s1, cell(s0, s1, w)
-        return self.classifier(self.global_pooling(s1).flatten(1))
-
-
-class FastNetwork(CheckpointedNetwork):
-    """The supernet with fused cells on ``backend`` ('torch' or 'triton'); same parameters,
-    buffers, names and initialization (for a given seed) as ``fastnas.supernet.Network``."""
-
-    def __init__(self, *args, backend: str = "torch",
-                 checkpointing: Union[bool, Iterable[int]] = False, **kwargs):
-        super().__init__(*args, checkpointing=checkpointing, **kwargs)
-        if backend not in _OPS:
-            raise ValueError(f"backend must be one of {sorted(_OPS)}, got {backend!r}")
-        self.backend = backend
-        self.cells = nn.ModuleList(FastSearchCell(cell, _OPS[backend]) for cell in self.cells)
+        self.cells = nn.ModuleList(FastSearchCell(cell) for cell in self.cells)
 
     def forward(self, x):
         # channels_last from the stem on: see FastSearchCell.
-        return super().forward(x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        chosen = kernel_set_for(x)
+        for cell in self.cells:
+            cell.kernels = chosen
+        return super().forward(x)
+
+
+__all__ = ["FastSearchCell", "FastSearchNetwork", "KERNEL_SETS", "TorchKernels", "TritonKernels",
+           "kernel_set_for"]

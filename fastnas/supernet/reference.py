@@ -1,4 +1,5 @@
-"""The DARTS supernet (reference backend): every candidate op on every edge, mixed by softmax(alpha).
+"""The reference DARTS supernet (the oracle): every candidate op on every edge, mixed by
+softmax(alpha).
 
 Edge ``(i, j)`` from state ``j`` to node ``i`` computes ``sum_k softmax(alpha_e)_k * op_k(x_j)``
 over ``PRIMITIVES``; node ``i`` sums its ``i + 2`` incoming edges; the cell concatenates its last
@@ -6,18 +7,20 @@ over ``PRIMITIVES``; node ``i`` sums its ``i + 2`` incoming edges; the cell conc
 so each alpha matrix is ``[sum_{i < nodes} (i + 2), len(PRIMITIVES)]`` = ``[14, 8]`` for 4 nodes.
 
 This module is the paper code's semantics, one module per op, and stays the oracle for tests and
-the baseline for benchmarks.
+the baseline for benchmarks; ``fastnas.supernet.fast`` runs the same parameters faster.
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Sequence
+from typing import Iterable, Iterator, List, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .genotypes import Genotype
-from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, make_op
+from ..genotypes import Genotype
+from ..ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, cell_plan, make_op
+from .recompute import checkpoint_module
+from .stages import stage
 
 
 def num_edges(num_nodes: int) -> int:
@@ -68,16 +71,19 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
-class Network(nn.Module):
+class SearchNetwork(nn.Module):
     """The DARTS search network for 32x32-style images (CIFAR macro structure).
 
     Alphas are registered parameters ``alphas_normal`` and ``alphas_reduce`` (init
     ``1e-3 * randn``); ``weights()`` and ``alphas()`` iterate the two groups separately.
     ``multiplier`` (default ``num_nodes``) is how many of the last nodes each cell concatenates.
+    ``checkpointing`` (or ``set_checkpointing``) recomputes the chosen cells in backward instead
+    of keeping their activations (``fastnas.supernet.recompute``).
     """
 
     def __init__(self, C=16, num_classes=10, layers=8, num_nodes=4, multiplier=None,
-                 stem_multiplier=3, in_channels=3):
+                 stem_multiplier=3, in_channels=3,
+                 checkpointing: Union[bool, Iterable[int]] = False):
         super().__init__()
         multiplier = num_nodes if multiplier is None else multiplier
         if not 1 <= multiplier <= num_nodes:
@@ -88,29 +94,40 @@ class Network(nn.Module):
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False),
                                   nn.BatchNorm2d(C_curr))
-        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        C_prev_prev = C_prev = C_curr
         self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            self.cells.append(SearchCell(num_nodes, multiplier, C_prev_prev, C_prev, C_curr,
-                                         reduction, reduction_prev))
-            reduction_prev = reduction
-            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        for spec in cell_plan(layers, C):
+            self.cells.append(SearchCell(num_nodes, multiplier, C_prev_prev, C_prev, spec.C,
+                                         spec.reduction, spec.reduction_prev))
+            C_prev_prev, C_prev = C_prev, multiplier * spec.C
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(C_prev, num_classes)
         shape = (num_edges(num_nodes), len(PRIMITIVES))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(shape))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(shape))
+        self.set_checkpointing(checkpointing)
+
+    def set_checkpointing(self, cells: Union[bool, Iterable[int]] = True) -> None:
+        """Recompute cells in backward: ``True`` every cell, ``False`` none, or those indices."""
+        if isinstance(cells, bool):
+            cells = range(len(self.cells)) if cells else ()
+        cells = set(cells)
+        bad = sorted(c for c in cells if not 0 <= c < len(self.cells))
+        if bad:
+            raise ValueError(f"no such cells {bad}; the network has {len(self.cells)}")
+        self.checkpointed = cells
 
     def forward(self, x):
         w_normal = F.softmax(self.alphas_normal, dim=-1)
         w_reduce = F.softmax(self.alphas_reduce, dim=-1)
         s0 = s1 = self.stem(x)
-        for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+        for index, cell in enumerate(self.cells):
+            w = w_reduce if cell.reduction else w_normal
+            if index in self.checkpointed and torch.is_grad_enabled():
+                with stage("checkpointed cell inputs"):
+                    s0, s1 = s1, checkpoint_module(cell, s0, s1, w)
+            else:
+                s0, s1 = s1, cell(s0, s1, w)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def alphas(self) -> List[nn.Parameter]:
@@ -149,12 +166,19 @@ def _derive_cell(weights: torch.Tensor, num_nodes: int, primitives: Sequence[str
 
 def derive_genotype(alphas_normal, alphas_reduce, num_nodes, multiplier,
                     primitives: Sequence[str] = PRIMITIVES) -> Genotype:
-    """The discrete genotype of the paper's rule, from the softmax of each alpha row;
-    concat = the last ``multiplier`` nodes."""
+    """The discrete genotype of the paper's rule, from the softmax of each alpha row (in the
+    alphas' own precision, at least float32); concat = the last ``multiplier`` nodes."""
+    def weights(alphas):
+        a = alphas.detach().cpu()
+        if a.dtype in (torch.float16, torch.bfloat16):
+            a = a.float()
+        return F.softmax(a, dim=-1)
+
     with torch.no_grad():
-        normal = _derive_cell(F.softmax(alphas_normal.detach().float().cpu(), dim=-1), num_nodes,
-                              list(primitives))
-        reduce = _derive_cell(F.softmax(alphas_reduce.detach().float().cpu(), dim=-1), num_nodes,
-                              list(primitives))
+        normal = _derive_cell(weights(alphas_normal), num_nodes, list(primitives))
+        reduce = _derive_cell(weights(alphas_reduce), num_nodes, list(primitives))
     concat = list(range(2 + num_nodes - multiplier, num_nodes + 2))
     return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
+
+
+__all__ = ["MixedOp", "SearchCell", "SearchNetwork", "derive_genotype", "num_edges"]

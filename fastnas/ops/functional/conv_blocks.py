@@ -1,10 +1,10 @@
-"""Many DilConv blocks (ReLU -> depthwise -> pointwise -> BatchNorm) as one autograd Function
-that saves only its inputs and its output.
+"""Many ReLU -> depthwise -> pointwise -> BatchNorm blocks (the halves of the sep convs and the
+dil convs of the DARTS space) as one autograd Function that saves only its inputs and its output.
 
-``dil_conv_blocks(inputs, groups, dw_weights, pw_weight, bns)`` computes, for each group ``t``
+``conv_blocks(inputs, groups, dw_weights, pw_weight, bns)`` computes, for each group ``t``
 (one kernel shape and dilation, ``M_t`` ops), ``h_t = depthwise(relu(inputs[i_t]),
-dw_weights[t])`` (``fastnas.depthwise``: ``M_t`` kernels per input channel), then the grouped
-pointwise conv of all ``h_t`` (``fastnas.pointwise``) and one BatchNorm(affine=False) over all the
+dw_weights[t])`` (``.depthwise``: ``M_t`` kernels per input channel), then the grouped
+pointwise conv of all ``h_t`` (``.pointwise``) and one BatchNorm(affine=False) over all the
 output channels, with the running statistics of ``bns`` (one module per op):
 
     y = BN(pointwise(cat_t h_t))
@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from . import grad_edges
+from .batch_norm import concatenated_stats, write_back_running_stats
 from .depthwise import depthwise_backward, depthwise_forward, repeat_channels
 from .pointwise import pointwise_forward, pointwise_input_grads, pointwise_weight_grad
 
@@ -48,7 +49,7 @@ def _repeated_relus(inputs, groups, dw_weights, relu=True):
     return out
 
 
-class _DilConvBlocks(torch.autograd.Function):
+class _ConvBlocks(torch.autograd.Function):
     @staticmethod
     def forward(ctx, conf, pw_weight, *tensors):
         groups, bn_state = conf
@@ -115,7 +116,7 @@ class _DilConvBlocks(torch.autograd.Function):
         return (None, grad_pw, *grad_in, *grad_w)
 
 
-def dil_conv_blocks(inputs: Sequence[torch.Tensor], groups: Sequence[Group],
+def conv_blocks(inputs: Sequence[torch.Tensor], groups: Sequence[Group],
                     dw_weights: Sequence[torch.Tensor], pw_weight: torch.Tensor,
                     bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
     """See the module docstring. ``groups[t] = (input index, stride, padding, dilation)``,
@@ -134,15 +135,10 @@ def dil_conv_blocks(inputs: Sequence[torch.Tensor], groups: Sequence[Group],
     if pw_weight.is_leaf:
         pw_weight = pw_weight.view_as(pw_weight)
     bn = bns[0]
-    running_mean = torch.cat([b.running_mean for b in bns])
-    running_var = torch.cat([b.running_var for b in bns])
+    running_mean, running_var = concatenated_stats(bns)
     bn_state = (running_mean, running_var, bn.training, bn.momentum, bn.eps)
     with torch.autocast(device, enabled=False):
-        y = _DilConvBlocks.apply((tuple(groups), bn_state), pw_weight, *inputs, *dw_weights)
+        y = _ConvBlocks.apply((tuple(groups), bn_state), pw_weight, *inputs, *dw_weights)
     if bn.training:
-        with torch.no_grad():
-            sizes = [b.num_features for b in bns]
-            torch._foreach_copy_([b.running_mean for b in bns], list(running_mean.split(sizes)))
-            torch._foreach_copy_([b.running_var for b in bns], list(running_var.split(sizes)))
-            torch._foreach_add_([b.num_batches_tracked for b in bns], 1)
+        write_back_running_stats(bns, running_mean, running_var)
     return y

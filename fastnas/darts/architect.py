@@ -161,3 +161,6 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
 
 def _zero_if_none(g, like):
     return torch.zeros_like(like) if g is None else g
+
+
+__all__ = ["Architect", "upcast"]

@@ -1,13 +1,15 @@
-"""Progress of a search or a training on stderr: tqdm bars on a terminal, plain lines in logs.
+"""What a run shows on the console: progress on stderr, a summary block on stdout.
 
-With bars, an epoch bar stays on screen and a batch bar below it shows the running loss and
-accuracy of the epoch in progress. Without (``--quiet``, or stderr redirected to a file), each
-finished epoch prints one line that a log keeps readable.
+``Progress``: tqdm bars on a terminal, plain lines in logs. With bars, an epoch bar stays on
+screen and a batch bar below it shows the running loss and accuracy of the epoch in progress.
+Without (``--quiet``, or stderr redirected to a file), each finished epoch prints one line that
+a log keeps readable. ``log`` writes one line to stderr; ``print_block`` the indented summary
+that ends every command.
 """
 from __future__ import annotations
 
 import sys
-from typing import Optional, TextIO
+from typing import Any, List, Optional, TextIO, Tuple
 
 from tqdm import tqdm
 
@@ -66,11 +68,39 @@ class Progress:
             self._epochs.close()
             self._epochs = None
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
-__all__ = ["Progress"]
+def log(message: str) -> None:
+    """One line on stderr (the progress stream), flushed."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def print_block(title: str, rows: List[Tuple[str, Any]]) -> None:
+    """``title``, then ``label  value`` rows aligned; a list value spans several lines."""
+    width = max(len(label) for label, _ in rows)
+    print(title)
+    for label, value in rows:
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+            print(f"  {(label if i == 0 else ''):<{width}}  {v}")
+    sys.stdout.flush()
+
+
+def duration(seconds: float) -> str:
+    """``1h 02m 03s`` or ``2m 03s``."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {seconds:02d}s" if hours else f"{minutes}m {seconds:02d}s"
+
+
+def epochs(n: int) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+__all__ = ["Progress", "duration", "epochs", "log", "print_block"]

@@ -3,6 +3,8 @@
 ``Precision(name, device)`` with ``name`` one of ``DARTSConfig.precision``:
 
 - ``fp32``: no autocast;
+- ``fp64``: no autocast; parameters, inputs and every computation in float64 (for checks against
+  references where float32 rounding would hide a bug);
 - ``bf16``: ``torch.autocast(device.type, torch.bfloat16)`` around the supernet's forward passes,
   no loss scaling (bf16 has fp32's exponent range);
 - ``fp16``: ``torch.autocast(device.type, torch.float16)`` and a ``torch.amp.GradScaler``: the
@@ -22,7 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPES = {"fp32": None, "fp64": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _autocast_supports(device_type: str, dtype: torch.dtype) -> bool:
@@ -51,6 +53,8 @@ class Precision:
             raise ValueError(
                 f"precision={name!r} is not supported by torch {torch.__version__} on device "
                 f"{self.device.type!r}" + ("; use 'bf16' on the CPU" if name == "fp16" else ""))
+        # The dtype of the parameters and of the inputs the supernet is given.
+        self.param_dtype = torch.float64 if name == "fp64" else torch.float32
         self.scaler: Optional[torch.amp.GradScaler] = None
         if name == "fp16":
             self.scaler = torch.amp.GradScaler(self.device.type)
@@ -67,3 +71,6 @@ class Precision:
         if self.scaler is None:
             return None
         return self.scaler.get_scale
+
+
+__all__ = ["Precision"]

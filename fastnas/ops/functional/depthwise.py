@@ -1,6 +1,6 @@
-"""Depthwise convolution with a backward that is fast on the CPU.
+"""Depthwise convolution with a backward that is fast on the CPU (the conv-block Function's).
 
-``depthwise_conv2d(x, weight, stride, padding, dilation)`` with ``x: [N, C, H, W]`` and
+``depthwise_forward(x, weight, stride, padding, dilation)`` with ``x: [N, C, H, W]`` and
 ``weight: [M * C, 1, k, k]`` is
 
     y[:, m * C + c] = conv2d(x[:, c], weight[m * C + c], stride, padding, dilation)
@@ -27,8 +27,8 @@ or dilated kernel is 2-8x slower than the forward, the weight gradient of a 5x5 
   phases), and a ``k x k`` kernel with ``k > 3`` is covered by 3x3 tiles at offsets
   ``0, 3, .., k - 3``, each the 3x3 weight gradient of a shifted window of ``xpad``.
 
-Only ``x`` and the weight are saved; the repeated input is rebuilt in backward. On CUDA the
-native backward is used. Tensors are channels_last.
+``depthwise_backward`` needs only ``x`` and the weight (the repeated input is rebuilt when a
+weight gradient is asked for). On CUDA the native backward is used. Tensors are channels_last.
 """
 from __future__ import annotations
 
@@ -36,8 +36,6 @@ from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-
-from . import grad_edges
 
 _CL = torch.channels_last
 
@@ -140,37 +138,4 @@ def depthwise_backward(x, weight, g, stride: int, padding: int, dilation: int,
     return grad_x, grad_w
 
 
-class _Depthwise(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation):
-        grad_edges.record(ctx, x, weight)
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (stride, padding, dilation)
-        return depthwise_forward(x, weight, stride, padding, dilation)
-
-    @staticmethod
-    def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        grad_x, grad_w = depthwise_backward(x, weight, g, *ctx.conf,
-                                            need_x=grad_edges.needed(ctx, 0),
-                                            need_w=grad_edges.needed(ctx, 1))
-        return grad_x, grad_w, None, None, None
-
-
-def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int = 1, padding: int = 0,
-                     dilation: int = 1) -> torch.Tensor:
-    """``conv2d(cat([x] * M, 1), weight, None, stride, padding, dilation, groups=M * C)`` with
-    ``weight: [M * C, 1, k, k]`` and the fast backward of the module docstring.
-
-    Under autocast, ``x`` and ``weight`` are cast to the autocast dtype first (as ``conv2d``
-    would be), so the backward runs in one dtype.
-    """
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        x, weight = x.to(dtype), weight.to(dtype)
-    x = x.contiguous(memory_format=_CL)
-    if weight.is_leaf:  # a graph node lets backward skip dw when it is not asked for
-        weight = weight.view_as(weight)
-    with torch.autocast(device, enabled=False):
-        return _Depthwise.apply(x, weight, stride, padding, dilation)
+__all__ = ["depthwise_backward", "depthwise_forward", "depthwise_weight_grad", "repeat_channels"]

@@ -1,4 +1,5 @@
-"""Gradient checkpointing of supernet cells that is safe with BatchNorm and ``functional_call``.
+"""Gradient checkpointing (recomputation) of supernet cells, safe with BatchNorm and
+``functional_call``.
 
 ``checkpoint_module(module, *inputs)`` returns ``module(*inputs)`` but keeps none of the module's
 activations: backward runs the module's forward again (``torch.utils.checkpoint``, non-reentrant).
@@ -52,3 +53,6 @@ def checkpoint_module(module: nn.Module, *inputs):
                       preserve_rng_state=False,
                       context_fn=lambda: (contextlib.nullcontext(),
                                           _restored(list(buffers.values()))))
+
+
+__all__ = ["checkpoint_module"]

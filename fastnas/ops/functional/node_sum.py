@@ -1,6 +1,6 @@
 """The node sum of the fast supernet: one weighted sum over all the edges and ops of a node.
 
-``weighted_sum_parts(parts, w)`` with ``parts[p]: [N, K_p, *S]`` and ``w: [sum_p K_p]`` is
+``node_sum(parts, w)`` with ``parts[p]: [N, K_p, *S]`` and ``w: [sum_p K_p]`` is
 
     out[n] = sum_p sum_k w[o_p + k] * parts[p][n, k],   o_p = K_0 + ... + K_{p-1},
 
@@ -12,8 +12,8 @@ A part is ``K`` op outputs of one edge that a fused call produced side by side (
 ``[sep3, sep5]``, a state's ``[max_pool, avg_pool]``), read in place as a strided view; its
 gradient comes back as one tensor. Only the parts and ``w`` are saved: the products
 ``w_k * y_k`` and the partial sums of the autograd version are never stored, and the
-``w`` gradient is only computed when the backward asks for it. The ``triton`` backend uses
-``fastnas.kernels.weighted_sum`` instead.
+``w`` gradient is only computed when the backward asks for it. With the Triton kernels the fast
+supernet calls ``fastnas.kernels.weighted_sum`` instead (one tensor per op).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 from . import grad_edges
 
 
-class _WeightedSum(torch.autograd.Function):
+class _NodeSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w, *parts):
         out = None
@@ -46,6 +46,7 @@ class _WeightedSum(torch.autograd.Function):
         g = g.unsqueeze(1)
         grads, grad_w = [], []
         need_w = grad_edges.needed(ctx, 0)
+        acc = torch.promote_types(g.dtype, torch.float32)  # half precision sums in fp32
         o = 0
         for i, part in enumerate(parts):
             K = part.shape[1]
@@ -54,12 +55,12 @@ class _WeightedSum(torch.autograd.Function):
             grads.append(g * wp.to(g.dtype) if grad_edges.needed(ctx, i + 1) else None)
             if need_w:
                 g0 = g.squeeze(1)
-                grad_w += [torch.sum(part[:, k] * g0, dtype=torch.float32) for k in range(K)]
+                grad_w += [torch.sum(part[:, k] * g0, dtype=acc) for k in range(K)]
         gw = torch.stack(grad_w).to(w.dtype) if need_w else None
         return (gw, *grads)
 
 
-def weighted_sum_parts(parts: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+def node_sum(parts: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     """``sum_p sum_k w[o_p + k] * parts[p][:, k]`` (see the module docstring): ``[N, *S]``.
 
     All parts share ``N`` and ``S``; they are brought to one dtype (the promoted one) first.
@@ -68,9 +69,7 @@ def weighted_sum_parts(parts: Sequence[torch.Tensor], w: torch.Tensor) -> torch.
     for p in parts[1:]:
         dtype = torch.promote_types(dtype, p.dtype)
     parts = [p if p.dtype == dtype else p.to(dtype) for p in parts]
-    return _WeightedSum.apply(w, *parts)
+    return _NodeSum.apply(w, *parts)
 
 
-def weighted_sum(xs: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
-    """``sum_k w[k] * xs[k]``: the ``fastnas.kernels.weighted_sum`` API on the CPU Function."""
-    return weighted_sum_parts([x.unsqueeze(1) for x in xs], w)
+__all__ = ["node_sum"]

@@ -1,106 +1,46 @@
 """``DARTSOptimizer``: the DARTS search (Liu et al., ICLR 2019) as one object.
 
 Each step alternates as the paper: an Adam step on the alphas from a validation batch (first or
-second order, see ``fastnas.architect``), then an SGD step on the weights from a training batch
-with the weight gradient norm clipped. The weight learning rate follows a per-epoch cosine:
+second order, see ``fastnas.darts.architect``), then an SGD step on the weights from a training
+batch with the weight gradient norm clipped. The weight learning rate follows a per-epoch cosine:
 
     lr(e) = lr_min + (lr - lr_min) * (1 + cos(pi * e / T)) / 2,   e = 0 .. T - 1.
 """
 from __future__ import annotations
 
 import math
-import os
-import time
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .architect import Architect
+from ..checkpoint import Resumable
+from ..engine import (
+    Batch,
+    RunningMean,
+    accuracy,
+    check_batch,
+    check_epochs,
+    cosine_lr,
+    paired,
+    run_epochs,
+    to_device,
+)
+from ..genotypes import Genotype
+from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
+from ..supernet import build_supernet, check_kernels
+from .architect import Architect, upcast
 from .config import DARTSConfig
-from .fast_supernet import CheckpointedNetwork, FastNetwork, resolve_backend
-from .genotypes import Genotype
 from .precision import Precision
-from .reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
-from .supernet import Network
-
-Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
-def build_supernet(config: DARTSConfig, device: Optional[torch.device] = None) -> nn.Module:
-    """The supernet for ``config.backend`` on ``device`` (default: ``config.device``).
-
-    Every backend shares the reference's parameters, ``state_dict`` and, for a given seed, its
-    initialization: ``reference`` is ``fastnas.supernet.Network`` (cells recomputed in backward
-    when ``config.checkpointing``), ``torch`` and ``triton`` the fused ``FastNetwork``, ``auto``
-    the fastest available on the device (see ``fastnas.fast_supernet.resolve_backend``).
-    """
-    device = resolve_device(config.device) if device is None else torch.device(device)
-    backend = resolve_backend(config.backend, device)
-    kwargs = dict(C=config.channels, num_classes=config.num_classes, layers=config.layers,
-                  num_nodes=config.num_nodes, multiplier=config.num_nodes,
-                  in_channels=config.in_channels)
-    if backend == "reference":
-        if config.checkpointing:
-            return CheckpointedNetwork(**kwargs, checkpointing=True)
-        return Network(**kwargs)
-    return FastNetwork(**kwargs, backend=backend, checkpointing=config.checkpointing)
-
-
-def cosine_lr(epoch: int, total: int, lr_max: float, lr_min: float) -> float:
-    """``lr_min + (lr_max - lr_min) * (1 + cos(pi * epoch / total)) / 2``."""
-    return lr_min + (lr_max - lr_min) * (1 + math.cos(math.pi * epoch / total)) / 2
-
-
-def paired(train_loader: Iterable, val_loader: Iterable) -> Iterator[Tuple[Any, Any]]:
-    """Yield ``(train_batch, val_batch)`` for one pass over ``train_loader``; the validation
-    loader is iterated alongside and restarted if it runs out first."""
-    val_iter = iter(val_loader)
-    for train_batch in train_loader:
-        try:
-            val_batch = next(val_iter)
-        except StopIteration:
-            val_iter = iter(val_loader)
-            try:
-                val_batch = next(val_iter)
-            except StopIteration:
-                raise ValueError("val_loader yielded no batches") from None
-        yield train_batch, val_batch
-
-
-def _check_batch(name: str, batch) -> Batch:
-    try:
-        x, y = batch
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an (inputs, targets) pair of tensors") from None
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError(f"{name} must be an (inputs, targets) pair of tensors")
-    if x.dim() != 4:
-        raise ValueError(f"{name}: inputs must be [N, C, H, W], got shape {tuple(x.shape)}")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"{name}: targets must be [N] class indices matching the inputs, "
-                         f"got shape {tuple(y.shape)} for inputs {tuple(x.shape)}")
-    return x, y
-
-
-class _Mean:
-    def __init__(self):
-        self.total, self.count = 0.0, 0
-
-    def add(self, value: float, n: int):
-        self.total += value * n
-        self.count += n
-
-    @property
-    def value(self) -> float:
-        return self.total / max(self.count, 1)
-
-
-class DARTSOptimizer:
+class DARTSOptimizer(Resumable):
     """DARTS search as a drop-in object: ``step``, ``search``, ``genotype``, ``ask``/``tell``.
 
-    ``config`` is a dict with the keys of :class:`DARTSConfig` (or a DARTSConfig).
+    ``config`` is a dict with the keys of :class:`DARTSConfig` (or a DARTSConfig). As a search
+    strategy it answers ``architecture()`` (the genotype derived from the current alphas) and
+    ``evaluate(loader)`` (the supernet's loss and accuracy), like ``ENASOptimizer``.
     """
 
     def __init__(self, config: Union[Mapping[str, Any], DARTSConfig, None] = None):
@@ -110,7 +50,12 @@ class DARTSOptimizer:
             seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
         self.precision = Precision(cfg.precision, self.device)
-        self.model = build_supernet(cfg, self.device).to(self.device)
+        self.dtype = self.precision.param_dtype
+        self.kernels = check_kernels(cfg.supernet, self.device, self.dtype, cfg.required_kernels)
+        self.model = build_supernet(
+            cfg.supernet, C=cfg.channels, num_classes=cfg.num_classes, layers=cfg.layers,
+            num_nodes=cfg.num_nodes, in_channels=cfg.in_channels,
+            checkpointing=cfg.checkpointing).to(self.device, self.dtype)
         self.weight_optimizer = torch.optim.SGD(self.model.weights(), lr=cfg.learning_rate_w,
                                                 momentum=cfg.momentum,
                                                 weight_decay=cfg.weight_decay)
@@ -127,7 +72,7 @@ class DARTSOptimizer:
         self.history: List[Dict[str, Any]] = []
         self.told: List[Tuple[Genotype, float]] = []
 
-    # -- parameters ---------------------------------------------------------------------------
+    # -- parameters and the architecture ------------------------------------------------------
     def arch_parameters(self) -> List[nn.Parameter]:
         """``[alphas_normal, alphas_reduce]``."""
         return self.model.alphas()
@@ -136,7 +81,12 @@ class DARTSOptimizer:
         return list(self.model.weights())
 
     def genotype(self) -> Genotype:
+        """The genotype derived from the current alphas (the paper's rule)."""
         return self.model.genotype()
+
+    def architecture(self) -> Genotype:
+        """The search's current answer: ``genotype()``."""
+        return self.genotype()
 
     def _autocast(self):
         return self.precision.autocast()
@@ -146,10 +96,10 @@ class DARTSOptimizer:
         for group in self.weight_optimizer.param_groups:
             group["lr"] = lr
 
-    def _to_device(self, batch: Batch) -> Batch:
-        x, y = batch
-        nb = self.device.type == "cuda"
-        return x.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+    def _batch(self, name: str, batch) -> Batch:
+        cfg = self.config
+        return to_device(check_batch(name, batch, cfg.in_channels, cfg.num_classes),
+                         self.device, self.dtype)
 
     # -- one step -----------------------------------------------------------------------------
     def step(self, train_batch: Batch, val_batch: Batch) -> Dict[str, float]:
@@ -158,8 +108,8 @@ class DARTSOptimizer:
         Returns ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (of the loss the
         architecture step minimized) and ``lr``.
         """
-        train_batch = self._to_device(_check_batch("train_batch", train_batch))
-        val_batch = self._to_device(_check_batch("val_batch", val_batch))
+        train_batch = self._batch("train_batch", train_batch)
+        val_batch = self._batch("val_batch", val_batch)
         self.model.train()
         val_loss, val_logits = self.architect.step(train_batch, val_batch, self.lr,
                                                    self.weight_optimizer)
@@ -167,7 +117,7 @@ class DARTSOptimizer:
         self.weight_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(upcast(logits), y)
         weights = self.weight_parameters()
         scaler = self.precision.scaler
         if scaler is None:
@@ -185,16 +135,16 @@ class DARTSOptimizer:
         self.global_step += 1
         return {
             "train_loss": loss.item(),
-            "train_acc": _accuracy(logits, y),
+            "train_acc": accuracy(logits, y),
             "val_loss": val_loss.item(),
-            "val_acc": _accuracy(val_logits, val_batch[1]),
+            "val_acc": accuracy(val_logits, val_batch[1]),
             "lr": self.lr,
         }
 
     # -- the search loop ----------------------------------------------------------------------
     def search(self, train_loader: Iterable, val_loader: Iterable, epochs: Optional[int] = None,
-               callback: Optional[Callable[["DARTSOptimizer", dict], Optional[bool]]] = None,
-               on_step: Optional[Callable[["DARTSOptimizer", dict], None]] = None) -> Genotype:
+               callback: Optional[Callable[[DARTSOptimizer, dict], Optional[bool]]] = None,
+               on_step: Optional[Callable[[DARTSOptimizer, dict], None]] = None) -> Genotype:
         """Run the search until ``epochs`` epochs (default ``num_steps``) are complete.
 
         Continues from ``self.epoch``, so a loaded state resumes where it stopped. After each
@@ -203,14 +153,12 @@ class DARTSOptimizer:
         False stops the search. ``on_step(self, stats)`` is called after every step.
         """
         if epochs is not None:
-            if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-                raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-            self.total_epochs = epochs
-        while self.epoch < self.total_epochs:
-            self._set_lr(cosine_lr(self.epoch, self.total_epochs, self.config.learning_rate_w,
+            self.total_epochs = check_epochs(epochs)
+
+        def run_epoch(epoch: int) -> Dict[str, Any]:
+            self._set_lr(cosine_lr(epoch, self.total_epochs, self.config.learning_rate_w,
                                    self.config.lr_min))
-            start = time.perf_counter()
-            means = {k: _Mean() for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
+            means = {k: RunningMean() for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
             steps = 0
             for train_batch, val_batch in paired(train_loader, val_loader):
                 stats = self.step(train_batch, val_batch)
@@ -222,30 +170,30 @@ class DARTSOptimizer:
                     on_step(self, stats)
             if steps == 0:
                 raise ValueError("train_loader yielded no batches")
-            record = {"epoch": self.epoch, "lr": self.lr, "steps": steps,
-                      **{k: m.value for k, m in means.items()},
-                      "genotype": str(self.genotype()),
-                      "alphas_normal": F.softmax(self.model.alphas_normal.detach(), -1).cpu(),
-                      "alphas_reduce": F.softmax(self.model.alphas_reduce.detach(), -1).cpu(),
-                      "seconds": time.perf_counter() - start}
-            self.history.append(record)
-            self.epoch += 1
-            if callback is not None and callback(self, record) is False:
-                break
+            return {"lr": self.lr, "steps": steps, **{k: m.value for k, m in means.items()},
+                    "genotype": str(self.genotype()),
+                    "alphas_normal": F.softmax(self.model.alphas_normal.detach(), -1).cpu(),
+                    "alphas_reduce": F.softmax(self.model.alphas_reduce.detach(), -1).cpu()}
+
+        run_epochs(self, run_epoch, callback)
         return self.genotype()
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> Dict[str, float]:
         """Loss and accuracy of the supernet (current alphas) on ``loader``, in eval mode."""
         self.model.eval()
-        loss, acc = _Mean(), _Mean()
-        for batch in loader:
-            x, y = self._to_device(_check_batch("batch", batch))
-            with self._autocast():
-                logits = self.model(x)
-            loss.add(F.cross_entropy(logits.float(), y).item(), len(y))
-            acc.add(_accuracy(logits, y), len(y))
-        self.model.train()
+        loss, acc = RunningMean(), RunningMean()
+        try:
+            for batch in loader:
+                x, y = self._batch("batch", batch)
+                with self._autocast():
+                    logits = self.model(x)
+                loss.add(F.cross_entropy(upcast(logits), y).item(), len(y))
+                acc.add(accuracy(logits, y), len(y))
+        finally:
+            self.model.train()
+        if acc.count == 0:
+            raise ValueError("the evaluation loader yielded no batches")
         return {"loss": loss.value, "accuracy": acc.value}
 
     # -- ask / tell ---------------------------------------------------------------------------
@@ -257,7 +205,8 @@ class DARTSOptimizer:
         """Record an external score (higher is better) for ``genotype``."""
         if not isinstance(genotype, Genotype):
             raise TypeError(f"genotype must be a fastnas.Genotype, got {type(genotype).__name__}")
-        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+        if (isinstance(score, bool) or not isinstance(score, (int, float))
+                or not math.isfinite(score)):
             raise ValueError(f"score must be a finite number, got {score!r}")
         self.told.append((genotype, float(score)))
 
@@ -304,21 +253,6 @@ class DARTSOptimizer:
         self.told = [(Genotype.parse(g), float(s)) for g, s in state.get("told", [])]
         set_rng_state(state["rng"])
 
-    def save(self, path: str) -> None:
-        """Write ``state_dict()`` atomically (temp file, then rename)."""
-        tmp = f"{path}.tmp"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str, map_location=None, **overrides) -> "DARTSOptimizer":
-        """Rebuild an optimizer from a file written by ``save`` (loaded with weights_only=True)."""
-        state = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        config = dict(state["config"], **overrides)
-        opt = cls(config)
-        opt.load_state_dict(state)
-        return opt
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
-    return (logits.argmax(dim=1) == y).float().mean().item()
+__all__ = ["DARTSOptimizer"]

@@ -1,0 +1,72 @@
+"""Validated configuration of the DARTS search; defaults are the paper's CIFAR-10 search
+settings."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import Config, choice, device, flag, integer, number
+from ..supernet import SUPERNETS
+
+PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+# The deprecated ``backend`` key: what each value meant, as (supernet, required kernels).
+LEGACY_BACKENDS = {"auto": ("fast", None), "reference": ("reference", None),
+                   "torch": ("fast", "torch"), "triton": ("fast", "triton")}
+
+
+@dataclass
+class DARTSConfig(Config):
+    """DARTS search settings (Liu et al., 2019). ``num_steps`` is the number of search epochs.
+
+    Weights: SGD with ``learning_rate_w`` cosine-annealed per epoch to ``lr_min``, ``momentum``,
+    ``weight_decay`` and gradient-norm clipping ``grad_clip`` (weights only; None disables).
+    Alphas: Adam with ``learning_rate_alpha``, betas (0.5, 0.999), ``arch_weight_decay``.
+    ``order`` 1 is the first-order approximation, 2 the unrolled (second-order) step whose
+    Hessian-vector product uses the finite-difference radius ``hessian_r / ||v||``.
+
+    ``supernet`` picks the implementation (``reference``: the paper code's module per op;
+    ``fast``: the fused plan, same parameters); the kernels the fast one runs are picked by the
+    kernel backend (``fastnas.kernels.set_backend`` / ``FASTNAS_BACKEND``), not here.
+    ``precision``: ``fp32``; ``bf16``/``fp16`` autocast; ``fp64`` runs everything in float64
+    (for checks against references). ``backend`` is deprecated (see ``LEGACY_BACKENDS``).
+    """
+
+    learning_rate_w: float = number(0.025, low=0, low_open=True)
+    learning_rate_alpha: float = number(3e-4, low=0, low_open=True)
+    momentum: float = number(0.9, low=0, high=1, high_open=True)
+    weight_decay: float = number(3e-4, low=0)
+    grad_clip: Optional[float] = number(5.0, low=0, low_open=True, optional=True)
+    num_nodes: int = integer(4, low=1, high=16)
+    num_steps: int = integer(50, low=1)
+    channels: int = integer(16, low=1)
+    num_classes: int = integer(10, low=2)
+    layers: int = integer(8, low=3)
+    batch_size: int = integer(64, low=1)
+    order: int = integer(1, choices=(1, 2))
+    arch_weight_decay: float = number(1e-3, low=0)
+    lr_min: float = number(0.001, low=0, high="learning_rate_w")
+    in_channels: int = integer(3, low=1)
+    seed: Optional[int] = integer(2, low=0, optional=True)
+    precision: str = choice("fp32", PRECISIONS)
+    checkpointing: bool = flag(False)
+    supernet: str = choice("fast", SUPERNETS)
+    device: str = device("auto")
+    hessian_r: float = number(0.01, low=0, low_open=True)
+    backend: Optional[str] = choice(None, tuple(LEGACY_BACKENDS), optional=True)
+
+    def resolve_defaults(self) -> None:
+        if self.backend is not None and self.backend in LEGACY_BACKENDS:
+            warnings.warn(f"DARTSConfig backend={self.backend!r} is deprecated: the supernet is "
+                          f"picked by supernet='reference'|'fast' and its kernels by "
+                          f"fastnas.kernels.set_backend / FASTNAS_BACKEND",
+                          DeprecationWarning, stacklevel=4)
+            self.supernet = LEGACY_BACKENDS[self.backend][0]
+
+    @property
+    def required_kernels(self) -> Optional[str]:
+        """The kernels the deprecated ``backend`` key insists on, if any."""
+        return LEGACY_BACKENDS[self.backend][1] if self.backend in LEGACY_BACKENDS else None
+
+
+__all__ = ["DARTSConfig", "LEGACY_BACKENDS", "PRECISIONS"]

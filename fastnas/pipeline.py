@@ -1,0 +1,430 @@
+"""The stages of a NAS run, with their files: ``search`` (a strategy finds an architecture) and
+``train`` (the architecture is trained from scratch), and ``run_pipeline`` (both).
+
+Each stage reads its dataset, builds loaders whose order depends only on the seed and the epoch,
+checkpoints atomically after every epoch, writes ``metrics.json`` as it goes, and prints one
+summary block at the end. Settings left out take per-dataset defaults (``SEARCH_DEFAULTS``,
+``TRAIN_DEFAULTS``): the paper's for CIFAR-10, small quick ones for digits. A resumed stage
+takes its settings from its checkpoint; a setting that contradicts the checkpoint is an error
+(``epochs`` may change).
+
+Search strategies plug in through ``SEARCH_METHODS``: each is a ``SearchMethod`` whose optimizer
+answers ``search``, ``architecture()``, ``evaluate(loader)``, ``state_dict``/``load_state_dict``
+and keeps ``epoch``, ``total_epochs`` and ``history``; the stage never asks which one it runs.
+
+Bad input raises :class:`UserError`; Ctrl-C raises :class:`Interrupted` with where the last
+checkpoint is. The command line (``fastnas.cli``) turns both into one line and an exit status.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import torch
+
+from . import data
+from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from .console import Progress, duration, epochs, log, print_block
+from .darts import DARTSOptimizer
+from .enas import ENASOptimizer
+from .errors import UserError
+from .genotypes import PUBLISHED, Genotype
+from .reproducibility import resolve_device
+from .training import FinalTrainer
+
+SEARCH_DEFAULTS = {
+    "digits": {"epochs": 8, "layers": 5, "channels": 8, "batch_size": 64, "seed": 2},
+    "cifar10": {"epochs": 50, "layers": 8, "channels": 16, "batch_size": 64, "seed": 2},
+}
+TRAIN_DEFAULTS = {
+    "digits": {"epochs": 30, "layers": 5, "channels": 16, "batch_size": 128, "auxiliary": False,
+               "cutout": 0, "seed": 0},
+    "cifar10": {"epochs": 600, "layers": 20, "channels": 36, "batch_size": 96, "auxiliary": True,
+                "cutout": 16, "seed": 0},
+}
+EVAL_BATCH_SIZE = 256
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a stage; the message says what was lost and where the checkpoint is."""
+
+    def __init__(self, message: str, resumable: bool):
+        super().__init__(message)
+        self.resumable = resumable
+
+
+@dataclass
+class StageOptions:
+    """What every stage reads besides its own settings: data, device, files, output style."""
+
+    dataset: Optional[str] = None
+    data_dir: str = "data"
+    download: bool = False
+    limit: Optional[int] = None
+    device: str = "auto"
+    workers: Optional[int] = None
+    threads: Optional[int] = None
+    resume: bool = False
+    quiet: bool = False
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """A search strategy as the search stage sees it: its optimizer class, the config key each
+    stage setting maps to, and what its final validation accuracy scores."""
+
+    name: str
+    optimizer: Callable[[Mapping[str, Any]], Any]
+    config_keys: Mapping[str, str]
+    scored: str
+
+    def config_given(self, given: Mapping[str, Any]) -> Dict[str, Any]:
+        for key in given:
+            if key not in self.config_keys:
+                flag = "--" + key.replace("_", "-")
+                raise UserError(f"{flag} does not apply to --method {self.name}")
+        return {self.config_keys[k]: v for k, v in given.items()}
+
+
+_COMMON_KEYS = {"epochs": "epochs", "channels": "channels", "batch_size": "batch_size",
+                "seed": "seed"}
+SEARCH_METHODS: Dict[str, SearchMethod] = {
+    "darts": SearchMethod("darts", DARTSOptimizer,
+                          {**_COMMON_KEYS, "layers": "layers", "order": "order"},
+                          scored="supernet"),
+    "enas": SearchMethod("enas", ENASOptimizer, {**_COMMON_KEYS, "layers": "num_layers"},
+                         scored="derived child with the shared weights"),
+}
+
+
+# -- shared plumbing ------------------------------------------------------------------------------
+def prepare_output(path: str) -> None:
+    """Create ``path`` and check that it is writable, or raise a UserError naming it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to output directory {path}: {e.strerror or e}") from None
+
+
+def _device(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--device {name}: {e}") from None
+
+
+def _build(factory: Callable[[], Any]) -> Any:
+    """Run a validating constructor; its ValueError/TypeError is the user's settings' fault."""
+    try:
+        return factory()
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+
+
+def _resume_state(options: StageOptions, path: str, kind: str) -> Optional[dict]:
+    """The checkpoint to resume from, or None (no resume asked, or no checkpoint yet)."""
+    if not options.resume:
+        return None
+    if not os.path.exists(path):
+        log(f"no checkpoint at {path}; starting a new {kind}")
+        return None
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "config" not in state or "run" not in state:
+        raise UserError(f"{path} is not a fastnas {kind} checkpoint")
+    return state
+
+
+def _data_source(options: StageOptions, state: Optional[dict],
+                 path: str) -> Tuple[str, Optional[int]]:
+    """``(dataset, limit)``: the checkpoint's when resuming (a contradicting option is an error),
+    else the options' (digits by default)."""
+    if state is None:
+        return options.dataset or "digits", options.limit
+    saved = state["run"]
+    for flag, key in (("--dataset", "dataset"), ("--limit", "limit")):
+        given = getattr(options, key)
+        if given is not None and given != saved.get(key):
+            raise UserError(f"{flag} {given} does not match the checkpoint {path} "
+                            f"({key} {saved.get(key)}); drop the flag or drop --resume")
+    return saved["dataset"], saved.get("limit")
+
+
+def _check_unchanged(given: Mapping[str, Any], config: Mapping[str, Any], path: str) -> None:
+    for key, value in given.items():
+        if key != "epochs" and key in config and config[key] != value:
+            flag = "--" + {"drop_path_prob": "drop-path"}.get(key, key.replace("_", "-"))
+            raise UserError(f"{flag} {value} does not match the checkpoint {path} "
+                            f"({key} {config[key]}); drop the flag or drop --resume")
+
+
+def _load_data(options: StageOptions, dataset: str, loader: Callable[[], Any]):
+    if options.download and dataset == "cifar10":
+        folder = data.cifar10_folder(options.data_dir)
+        if not os.path.isdir(folder):
+            log(f"downloading CIFAR-10 into {options.data_dir}")
+            data.download_cifar10(options.data_dir)
+    return loader()
+
+
+def _check_size(smallest: int, limit: Optional[int]) -> None:
+    if smallest < 2:
+        raise UserError(f"--limit {limit} leaves {smallest} image(s) in a split; "
+                        "training needs at least 2")
+
+
+def _workers(options: StageOptions, dataset: str) -> int:
+    return data.default_workers(dataset) if options.workers is None else options.workers
+
+
+def _set_threads(options: StageOptions, dataset: str) -> None:
+    """Digits' tensors are too small to gain from intra-op threads, and threads that wait on
+    each other lose several times over when other processes share the cores: one by default."""
+    threads = options.threads or (1 if dataset == "digits" else None)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _interrupted(kind: str, done: int, total: int, checkpoint: str, saved: bool) -> Interrupted:
+    if saved:
+        return Interrupted(f"{kind} interrupted in epoch {done + 1}/{total}; the last checkpoint "
+                           f"{checkpoint} holds {done} finished epoch(s)", resumable=True)
+    return Interrupted(f"{kind} interrupted in epoch {done + 1}/{total} before any checkpoint "
+                       f"was written", resumable=False)
+
+
+# -- search ---------------------------------------------------------------------------------------
+def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
+                 output: str) -> Tuple[Any, dict]:
+    """Search with ``method`` (a key of ``SEARCH_METHODS``) and the settings ``given`` (keys of
+    ``SEARCH_DEFAULTS``, plus ``order`` for DARTS); writes ``genotype.json``, ``metrics.json``
+    and ``checkpoint.pt`` in ``output``. Returns ``(architecture, metrics)``."""
+    if method not in SEARCH_METHODS:
+        raise UserError(f"unknown search method {method!r}; use --method "
+                        f"{' or '.join(SEARCH_METHODS)}")
+    method = SEARCH_METHODS[method]
+    paths = {name: os.path.join(output, name)
+             for name in ("genotype.json", "metrics.json", "checkpoint.pt")}
+    checkpoint = paths["checkpoint.pt"]
+    device = _device(options.device)
+    state = _resume_state(options, checkpoint, "search")
+    dataset, limit = _data_source(options, state, checkpoint)
+    info = data.dataset_info(dataset)
+    _set_threads(options, dataset)
+    given = method.config_given(given)
+    if state:
+        if state["run"].get("method", "darts") != method.name:
+            raise UserError(f"{checkpoint} is a {state['run'].get('method')} search; "
+                            f"resume it with --method {state['run'].get('method')}")
+        _check_unchanged(given, state["config"], checkpoint)
+        config = dict(state["config"])
+        total = given.get("epochs", int(state.get("total_epochs", config["num_steps"])))
+    else:
+        defaults = method.config_given(SEARCH_DEFAULTS[dataset])
+        settings = {**defaults, **given}
+        total = settings.pop("epochs")
+        config = dict(settings, in_channels=info.in_channels, num_classes=info.num_classes)
+    config.update(num_steps=total, device=str(device))
+    run_info = {"method": method.name, "dataset": dataset, "limit": limit}
+
+    split = _load_data(options, dataset,
+                       lambda: data.search_data(dataset, options.data_dir, limit))
+    _check_size(len(split.arch), limit)
+    prepare_output(output)
+    optimizer = _build(lambda: method.optimizer(config))
+    if state:
+        optimizer.load_state_dict(state)
+    cfg = optimizer.config
+    seed, workers = cfg.seed or 0, _workers(options, dataset)
+    train_loader = data.make_loader(split.weights, cfg.batch_size, shuffle=True, device=device,
+                                    seed=seed, stream=0, num_workers=workers)
+    val_loader = data.make_loader(split.arch, cfg.batch_size, shuffle=True, device=device,
+                                  seed=seed, stream=1, num_workers=workers)
+    eval_loader = data.make_loader(split.arch_eval, EVAL_BATCH_SIZE, shuffle=False,
+                                   device=device, num_workers=workers)
+    loaders = [train_loader, val_loader]
+    data.set_epoch(loaders, optimizer.epoch)
+
+    size = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("layers", "num_layers", "channels",
+                                                          "batch_size", "order", "search_space")
+                     if hasattr(cfg, k))
+    log(f"search: {method.name} on {dataset} ({len(split.weights)} weight + {len(split.arch)} "
+        f"architecture images), {size}, epochs {optimizer.epoch}->{total}, "
+        f"device {device}, output {output}")
+    started = time.perf_counter()
+    saved = state is not None
+
+    def metrics(final: Optional[dict], arch) -> dict:
+        return {"method": method.name, "dataset": dataset, "complete": final is not None,
+                "epochs": optimizer.epoch,
+                "val_accuracy": final["accuracy"] if final else None,
+                "val_loss": final["loss"] if final else None,
+                "genotype": str(arch),
+                "seconds": sum(r["seconds"] for r in optimizer.history),
+                "config": cfg.to_dict(), "history": optimizer.history}
+
+    with Progress("search", total, optimizer.epoch, len(train_loader),
+                  bars=False if options.quiet else None) as progress:
+        def on_epoch(opt, record: dict) -> None:
+            nonlocal saved
+            data.set_epoch(loaders, opt.epoch)
+            save_atomic({**opt.state_dict(), "run": run_info}, checkpoint)
+            saved = True
+            write_json_atomic(metrics(None, opt.architecture()), paths["metrics.json"])
+            val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""
+            progress.epoch(record["epoch"],
+                           f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
+                           f"  val {val_loss}acc {record['val_acc']:.3f}"
+                           f"  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+
+        try:
+            arch = optimizer.search(train_loader, val_loader, epochs=total, callback=on_epoch,
+                                    on_step=lambda opt, s: progress.step(s["train_loss"],
+                                                                         s["train_acc"]))
+        except KeyboardInterrupt:
+            raise _interrupted("search", optimizer.epoch, total, checkpoint, saved) from None
+
+    final = optimizer.evaluate(eval_loader)
+    arch.save(paths["genotype.json"])
+    result = metrics(final, arch)
+    write_json_atomic(result, paths["metrics.json"])
+    print_block(f"search finished: {method.name} on {dataset}, {epochs(optimizer.epoch)} "
+                f"in {duration(time.perf_counter() - started)}",
+                [("genotype", str(arch)),
+                 ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}, architecture "
+                                  "half of the train split)"),
+                 ("files", list(paths.values()))])
+    return arch, result
+
+
+# -- final training -------------------------------------------------------------------------------
+def resolve_genotype(text: str) -> Genotype:
+    """A genotype file (JSON or printed text), a published cell name, or ``Genotype(...)`` text."""
+    if os.path.exists(text):
+        try:
+            return Genotype.load(text)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            raise UserError(f"cannot read genotype file {text}: {reason}") from None
+    if text in PUBLISHED:
+        return PUBLISHED[text]
+    if text.lstrip().startswith("Genotype("):
+        try:
+            return Genotype.parse(text)
+        except ValueError as e:
+            raise UserError(f"cannot parse the --genotype text: {e}") from None
+    if os.sep in text or "/" in text or text.endswith((".json", ".txt")):
+        raise UserError(f"genotype file {text} does not exist")
+    raise UserError(f"unknown genotype {text!r}: not a file, nor a published cell "
+                    f"({', '.join(PUBLISHED)})")
+
+
+def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
+                genotype: Optional[Genotype] = None) -> Tuple[Genotype, dict]:
+    """Train ``genotype`` (or the checkpoint's, on resume) from scratch with the settings
+    ``given`` (keys of ``TrainConfig``); writes ``model.pt``, ``metrics.json`` and
+    ``checkpoint.pt`` in ``output``. Returns ``(genotype, metrics)``."""
+    paths = {name: os.path.join(output, name) for name in ("model.pt", "metrics.json",
+                                                           "checkpoint.pt")}
+    checkpoint = paths["checkpoint.pt"]
+    device = _device(options.device)
+    state = _resume_state(options, checkpoint, "training")
+    if state is None and genotype is None:
+        raise UserError("train needs --genotype FILE|NAME: a genotype.json written by "
+                        f"fastnas search, or a published cell ({', '.join(PUBLISHED)})")
+    dataset, limit = _data_source(options, state, checkpoint)
+    info = data.dataset_info(dataset)
+    _set_threads(options, dataset)
+    if state:
+        saved_genotype = Genotype.parse(state["genotype"])
+        if genotype is not None and genotype != saved_genotype:
+            raise UserError(f"the genotype differs from the one being trained in {checkpoint}; "
+                            "drop --resume to start over")
+        genotype = saved_genotype
+        _check_unchanged(given, state["config"], checkpoint)
+        config = dict(state["config"], epochs=given.get("epochs", state["config"]["epochs"]))
+    else:
+        config = {**TRAIN_DEFAULTS[dataset], **given, "in_channels": info.in_channels,
+                  "num_classes": info.num_classes}
+    config["device"] = str(device)
+    run_info = {"dataset": dataset, "limit": limit}
+
+    trainer = _build(lambda: FinalTrainer(genotype, config))
+    if state:
+        trainer.load_state_dict(state)
+    cfg = trainer.config
+    train_set, test_set = _load_data(options, dataset, lambda: (
+        data.load_split(dataset, "train", options.data_dir, augment=True, cutout=cfg.cutout,
+                        limit=limit),
+        data.load_split(dataset, "test", options.data_dir, limit=limit)))
+    _check_size(min(len(train_set), len(test_set)), limit)
+    prepare_output(output)
+    workers = _workers(options, dataset)
+    train_loader = data.make_loader(train_set, cfg.batch_size, shuffle=True, device=device,
+                                    seed=cfg.seed, stream=2, num_workers=workers)
+    test_loader = data.make_loader(test_set, EVAL_BATCH_SIZE, shuffle=False, device=device,
+                                   num_workers=workers)
+
+    log(f"train: {dataset} ({len(train_set)} train, {len(test_set)} test images), "
+        f"{cfg.layers} layers x {cfg.channels} channels, batch {cfg.batch_size}, "
+        f"epochs {trainer.epoch}->{cfg.epochs}, device {device}, output {output}")
+    started = time.perf_counter()
+    saved = state is not None
+
+    with Progress("train", cfg.epochs, trainer.epoch, len(train_loader),
+                  bars=False if options.quiet else None) as progress:
+        def on_epoch(t: FinalTrainer, record: dict) -> None:
+            nonlocal saved
+            save_atomic({**t.state_dict(), "run": run_info}, checkpoint)
+            saved = True
+            write_json_atomic({"dataset": dataset, **t.metrics()}, paths["metrics.json"])
+            progress.epoch(record["epoch"],
+                           f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
+                           f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.3f}"
+                           f"  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+
+        try:
+            result = trainer.fit(train_loader, test_loader, callback=on_epoch,
+                                 on_step=lambda t, s: progress.step(s["loss"], s["acc"]))
+        except KeyboardInterrupt:
+            raise _interrupted("training", trainer.epoch, cfg.epochs, checkpoint, saved) from None
+
+    result = {"dataset": dataset, **result}
+    trainer.save_model(paths["model.pt"], dataset=dataset, test_accuracy=result["test_accuracy"])
+    write_json_atomic(result, paths["metrics.json"])
+    print_block(f"training finished: {dataset}, {epochs(trainer.epoch)} "
+                f"in {duration(time.perf_counter() - started)}",
+                [("genotype", str(genotype)),
+                 ("test accuracy", f"{result['test_accuracy']:.4f} (best "
+                                   f"{result['best_test_accuracy']:.4f} at epoch "
+                                   f"{result['best_epoch'] + 1})"),
+                 ("parameters", f"{result['params'] / 1e6:.3f} M (without the auxiliary head)"),
+                 ("multiply-adds", f"{result['multiply_adds'] / 1e6:.2f} M per image"),
+                 ("files", list(paths.values()))])
+    return genotype, result
+
+
+# -- both -----------------------------------------------------------------------------------------
+def run_pipeline(options: StageOptions, method: str, search_given: Dict[str, Any],
+                 train_given: Dict[str, Any], output: str) -> Dict[str, dict]:
+    """Search with ``method`` into ``output/search``, then train the result from scratch into
+    ``output/train``; returns both stages' metrics (``{"search": ..., "train": ...}``)."""
+    started = time.perf_counter()
+    arch, searched = search_stage(options, method, search_given, os.path.join(output, "search"))
+    options = StageOptions(**{**options.__dict__, "dataset": searched["dataset"]})
+    _, trained = train_stage(options, train_given, os.path.join(output, "train"), arch)
+    print_block(f"pipeline finished in {duration(time.perf_counter() - started)}",
+                [("search", f"val accuracy {searched['val_accuracy']:.4f} -> "
+                            f"{os.path.join(output, 'search', 'genotype.json')}"),
+                 ("train", f"test accuracy {trained['test_accuracy']:.4f} -> "
+                           f"{os.path.join(output, 'train', 'model.pt')}")])
+    return {"search": searched, "train": trained}
+
+
+__all__ = ["EVAL_BATCH_SIZE", "Interrupted", "SEARCH_DEFAULTS", "SEARCH_METHODS", "SearchMethod",
+           "StageOptions", "TRAIN_DEFAULTS", "prepare_output", "resolve_genotype",
+           "run_pipeline", "search_stage", "train_stage"]

@@ -1,0 +1,78 @@
+"""The DARTS supernet, two implementations of one module tree:
+
+- ``reference`` (``SearchNetwork``, ``reference.py``): one module per candidate op, the paper
+  code's semantics; the oracle of the tests and the baseline of the benchmarks;
+- ``fast`` (``FastSearchNetwork``, ``fast.py``): the same parameters and ``state_dict``, run as a
+  fused plan with the kernels the kernel backend picks (``fastnas.kernels``: Triton on CUDA,
+  the CPU autograd Functions of ``fastnas.ops.functional`` otherwise).
+
+``build_supernet`` builds either and checks, before any step, that the kernel backend can serve
+it on the device; ``recompute.py`` holds the gradient checkpointing both use.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+from ..kernels import dispatch
+from .fast import FastSearchCell, FastSearchNetwork, kernel_set_for
+from .reference import MixedOp, SearchCell, SearchNetwork, derive_genotype, num_edges
+
+SUPERNETS = ("reference", "fast")
+
+
+def check_kernels(supernet: str, device: torch.device, dtype: torch.dtype = torch.float32,
+                  required: Optional[str] = None) -> str:
+    """The kernels (``'torch'`` or ``'triton'``) that ``supernet`` will run on ``device`` under the
+    kernel backend in force, or a ValueError naming both settings when they contradict each
+    other or cannot be honoured:
+
+    - ``supernet='reference'`` runs no kernels, so a backend forced to ``triton`` is refused;
+    - ``supernet='fast'`` with a backend forced to ``triton`` needs Triton for this device and
+      dtype (CUDA, or the CPU under ``TRITON_INTERPRET=1``; float32/bf16/fp16);
+    - ``required`` (from the deprecated ``backend='torch'|'triton'`` config key) must be what the
+      backend picks.
+    """
+    backend = dispatch.get_backend()
+    setting = (f"the kernel backend {backend!r} ({dispatch.ENV_VAR} or "
+               "fastnas.kernels.set_backend)")
+    if supernet == "reference":
+        if backend == "triton" or required == "triton":
+            raise ValueError(f"supernet='reference' runs no Triton kernels, but {setting} asks "
+                             "for them; use supernet='fast' or the kernel backend 'auto'/'torch'")
+        return "torch"
+    try:
+        chosen = kernel_set_for(torch.empty(0, device=device, dtype=dtype)).name
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"supernet='fast' with {setting} on {device} ({dtype}): {e}") from None
+    if required is not None and required != chosen:
+        raise ValueError(f"the deprecated backend={required!r} asks for the {required} kernels, "
+                         f"but {setting} picks {chosen} on {device}; drop backend= and set the "
+                         f"kernel backend to {required!r}")
+    return chosen
+
+
+def build_supernet(supernet: str = "fast", *, C: int = 16, num_classes: int = 10,
+                   layers: int = 8, num_nodes: int = 4, multiplier: Optional[int] = None,
+                   in_channels: int = 3, checkpointing: bool = False):
+    """``SearchNetwork`` (``supernet='reference'``) or ``FastSearchNetwork`` (``'fast'``), on the
+    CPU in float32; both built from the same random draws, so one seed gives one state."""
+    if supernet not in SUPERNETS:
+        raise ValueError(f"supernet must be one of {list(SUPERNETS)}, got {supernet!r}")
+    cls = SearchNetwork if supernet == "reference" else FastSearchNetwork
+    return cls(C=C, num_classes=num_classes, layers=layers, num_nodes=num_nodes,
+               multiplier=multiplier, in_channels=in_channels, checkpointing=checkpointing)
+
+
+def __getattr__(name: str):
+    if name == "Network":
+        warnings.warn("fastnas.supernet.Network is deprecated: it is the reference supernet, "
+                      "now fastnas.SearchNetwork", DeprecationWarning, stacklevel=2)
+        return SearchNetwork
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["FastSearchCell", "FastSearchNetwork", "MixedOp", "SUPERNETS", "SearchCell",
+           "SearchNetwork", "build_supernet", "check_kernels", "derive_genotype", "num_edges"]

@@ -1,0 +1,40 @@
+"""The README's Python examples run as written: every ```python block, in order, in one
+namespace (later blocks use what earlier ones defined), in a scratch folder."""
+import os
+import re
+
+import pytest
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python_blocks():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_the_readme_has_python_examples():
+    assert len(python_blocks()) >= 4
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
+    from fastnas import kernels
+
+    monkeypatch.chdir(tmp_path)
+    namespace = {"__name__": "readme"}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for number, block in enumerate(python_blocks(), 1):
+            try:
+                exec(compile(block, f"README.md python block {number}", "exec"), namespace)
+            except Exception as e:  # name the block that failed
+                pytest.fail(f"README python block {number} raised {type(e).__name__}: {e}\n"
+                            f"{block}")
+    finally:
+        torch.set_num_threads(threads)
+        kernels.set_backend(None)
+    out = capsys.readouterr().out
+    assert "Genotype(normal=" in out
