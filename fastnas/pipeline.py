@@ -17,11 +17,12 @@ checkpoint is. The command line (``fastnas.cli``) turns both into one line and a
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -57,8 +58,35 @@ class Interrupted(Exception):
 
 
 @dataclass
+class StageRun:
+    """One running stage, as its observers see it."""
+
+    kind: str                 # "search" or "train"
+    output: str               # the stage's folder
+    dataset: str
+    method: Optional[str]     # the search method, None for training
+    owner: Any                # the strategy's optimizer, or the FinalTrainer
+
+
+class StageObserver:
+    """Watches stages: ``start`` once, ``epoch`` after every epoch (its checkpoint and
+    ``metrics.json`` written), ``end`` with the final metrics (files written). Plots, TensorBoard
+    and other reports plug in here; the base class ignores everything."""
+
+    def start(self, run: StageRun) -> None:
+        pass
+
+    def epoch(self, run: StageRun, record: dict) -> None:
+        pass
+
+    def end(self, run: StageRun, result: dict) -> None:
+        pass
+
+
+@dataclass
 class StageOptions:
-    """What every stage reads besides its own settings: data, device, files, output style."""
+    """What every stage reads besides its own settings: data, device, files, output style, and
+    the observers told about its progress."""
 
     dataset: Optional[str] = None
     data_dir: str = "data"
@@ -69,6 +97,7 @@ class StageOptions:
     threads: Optional[int] = None
     resume: bool = False
     quiet: bool = False
+    observers: Sequence[StageObserver] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -257,6 +286,9 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
         f"device {device}, output {output}")
     started = time.perf_counter()
     saved = state is not None
+    run = StageRun("search", output, dataset, method.name, optimizer)
+    for observer in options.observers:
+        observer.start(run)
 
     def metrics(final: Optional[dict], arch) -> dict:
         return {"method": method.name, "dataset": dataset, "complete": final is not None,
@@ -275,6 +307,8 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
             save_atomic({**opt.state_dict(), "run": run_info}, checkpoint)
             saved = True
             write_json_atomic(metrics(None, opt.architecture()), paths["metrics.json"])
+            for observer in options.observers:
+                observer.epoch(run, record)
             val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""
             progress.epoch(record["epoch"],
                            f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
@@ -292,6 +326,8 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     arch.save(paths["genotype.json"])
     result = metrics(final, arch)
     write_json_atomic(result, paths["metrics.json"])
+    for observer in options.observers:
+        observer.end(run, result)
     print_block(f"search finished: {method.name} on {dataset}, {epochs(optimizer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
                 [("genotype", str(arch)),
@@ -374,6 +410,9 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         f"epochs {trainer.epoch}->{cfg.epochs}, device {device}, output {output}")
     started = time.perf_counter()
     saved = state is not None
+    run = StageRun("train", output, dataset, None, trainer)
+    for observer in options.observers:
+        observer.start(run)
 
     with Progress("train", cfg.epochs, trainer.epoch, len(train_loader),
                   bars=False if options.quiet else None) as progress:
@@ -382,6 +421,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
             save_atomic({**t.state_dict(), "run": run_info}, checkpoint)
             saved = True
             write_json_atomic({"dataset": dataset, **t.metrics()}, paths["metrics.json"])
+            for observer in options.observers:
+                observer.epoch(run, record)
             progress.epoch(record["epoch"],
                            f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
                            f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.3f}"
@@ -396,6 +437,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     result = {"dataset": dataset, **result}
     trainer.save_model(paths["model.pt"], dataset=dataset, test_accuracy=result["test_accuracy"])
     write_json_atomic(result, paths["metrics.json"])
+    for observer in options.observers:
+        observer.end(run, result)
     print_block(f"training finished: {dataset}, {epochs(trainer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
                 [("genotype", str(genotype)),
@@ -415,7 +458,7 @@ def run_pipeline(options: StageOptions, method: str, search_given: Dict[str, Any
     ``output/train``; returns both stages' metrics (``{"search": ..., "train": ...}``)."""
     started = time.perf_counter()
     arch, searched = search_stage(options, method, search_given, os.path.join(output, "search"))
-    options = StageOptions(**{**options.__dict__, "dataset": searched["dataset"]})
+    options = dataclasses.replace(options, dataset=searched["dataset"])
     _, trained = train_stage(options, train_given, os.path.join(output, "train"), arch)
     print_block(f"pipeline finished in {duration(time.perf_counter() - started)}",
                 [("search", f"val accuracy {searched['val_accuracy']:.4f} -> "
@@ -426,5 +469,5 @@ def run_pipeline(options: StageOptions, method: str, search_given: Dict[str, Any
 
 
 __all__ = ["EVAL_BATCH_SIZE", "Interrupted", "SEARCH_DEFAULTS", "SEARCH_METHODS", "SearchMethod",
-           "StageOptions", "TRAIN_DEFAULTS", "prepare_output", "resolve_genotype",
-           "run_pipeline", "search_stage", "train_stage"]
+           "StageObserver", "StageOptions", "StageRun", "TRAIN_DEFAULTS", "prepare_output",
+           "resolve_genotype", "run_pipeline", "search_stage", "train_stage"]
