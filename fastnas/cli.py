@@ -8,8 +8,11 @@ The stages themselves (data, checkpoints, metrics, resume policy) are ``fastnas.
 this module maps flags to their settings. A subcommand is one ``_add_<name>_command`` function
 in ``COMMANDS``.
 
-Exit statuses: 0 done; 2 bad input (``UserError``, printed as one ``fastnas: error: ...``
-line); 1 an operating-system error (e.g. a full disk); 130 Ctrl-C (with the resume command).
+Exit statuses (``EXIT``): 0 done; 1 a file could not be written (full disk, permissions) or
+another operating-system error; 2 bad input (``UserError``, printed as one
+``fastnas: error: ...`` line); 3 a NaN or Inf loss, gradient or weight stopped a stage; 130
+Ctrl-C and 143 SIGTERM (with the command that resumes). Nothing prints a traceback unless
+``FASTNAS_DEBUG=1``.
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from . import __version__, data
-from .errors import UserError
+from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
+from .interrupts import handle_termination
 from .pipeline import (
     SEARCH_METHODS,
     Interrupted,
@@ -66,6 +70,30 @@ def _number(low: float, high: Optional[float] = None, low_open=False, high_open=
 
 positive_int = _integer(1, "positive")
 non_negative_int = _integer(0, "non-negative")
+EXIT = {"ok": 0, "os": 1, "usage": 2, "nonfinite": 3, "SIGINT": 130, "SIGTERM": 143}
+CPUS = os.cpu_count() or 1
+MAX_THREADS = 4 * CPUS   # oversubscribing the cores further only thrashes
+MAX_WORKERS = max(8, 2 * CPUS)   # each loader worker is a process holding a copy of the data
+
+
+def _bounded(high: int, what: str) -> Callable[[str], int]:
+    parse = _integer(0 if what == "workers" else 1, "non-negative" if what == "workers"
+                     else "positive")
+
+    def bounded(text: str) -> int:
+        value = parse(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(
+                f"{value} {what} is more than this machine can use ({CPUS} CPUs: at most "
+                f"{high})")
+        return value
+    return bounded
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,12 +118,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="random seed (default: 2 for search, 0 for training, as the paper)")
     g.add_argument("--device", default="auto",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
-                   help="data loader processes (default: 0 for digits, up to 4 for cifar10)")
-    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="PyTorch CPU threads (default: 1 for digits, PyTorch's own for cifar10)")
-    g.add_argument("--output", default=None, metavar="DIR",
+    g.add_argument("--workers", type=_bounded(MAX_WORKERS, "workers"), default=None, metavar="N",
+                   help="data loader processes (default: 0 for digits, up to 4 for cifar10; "
+                        f"at most {MAX_WORKERS} here)")
+    g.add_argument("--threads", type=_bounded(MAX_THREADS, "threads"), default=None, metavar="N",
+                   help="PyTorch CPU threads (default: 1 for digits, PyTorch's own for cifar10; "
+                        f"at most {MAX_THREADS} here)")
+    g.add_argument("--output", type=_folder, default=None, metavar="DIR",
                    help="output folder (default: runs/<dataset>-<command>)")
+    g.add_argument("--on-nonfinite", choices=("stop", "skip"), default=None,
+                   help="a NaN/Inf loss, gradient or weight: stop the stage (default, exit 3) or "
+                        "skip that step's update")
+    g.add_argument("--max-nonfinite-skips", type=positive_int, default=None, metavar="N",
+                   help="with --on-nonfinite skip: stop after N skipped steps in a row (10)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --output (starts anew if there is none)")
     g.add_argument("--quiet", action="store_true",
@@ -147,10 +182,11 @@ def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="gradient norm clip (5)")
 
 
-SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order")
+GUARD_KEYS = ("on_nonfinite", "max_nonfinite_skips")
+SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", *GUARD_KEYS)
 TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr_min", "momentum",
               "weight_decay", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
-              "grad_clip")
+              "grad_clip", *GUARD_KEYS)
 
 
 def _given(args: argparse.Namespace, keys, prefix: str = "") -> Dict[str, Any]:
@@ -243,37 +279,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_command(argv: List[str]) -> str:
+    return shlex.join(["fastnas", *argv] + ([] if "--resume" in argv else ["--resume"]))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``fastnas`` console script; returns the exit status."""
+    """Entry point of the ``fastnas`` console script; returns the exit status (``EXIT``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     threads = torch.get_num_threads()
+    debug = os.environ.get("FASTNAS_DEBUG", "") not in ("", "0")
+
+    def fail(message: str, status: str) -> int:
+        print(message, file=sys.stderr, flush=True)
+        return EXIT[status]
+
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.command is None:
-            commands = ", ".join(args.command_names)
-            raise UserError(f"missing command, one of: {commands} (see fastnas --help)")
-        return args.handler(args)
+        with handle_termination():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                commands = ", ".join(args.command_names)
+                raise UserError(f"missing command, one of: {commands} (see fastnas --help)")
+            return args.handler(args)
     except UserError as e:
-        print(f"fastnas: error: {e}", file=sys.stderr)
-        return 2
+        return fail(f"fastnas: error: {e}", "usage")
+    except NonFiniteError as e:
+        return fail(f"fastnas: {e}", "nonfinite")
     except Interrupted as e:
-        message = f"fastnas: {e}"
-        if e.resumable:
-            command = ["fastnas", *argv] + ([] if "--resume" in argv else ["--resume"])
-            message += f"; resume with: {shlex.join(command)}"
-        print(message, file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("fastnas: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:  # e.g. the disk filled up while writing a checkpoint
-        print(f"fastnas: error: {e}", file=sys.stderr)
-        return 1
+        resume = f"; resume with: {_resume_command(argv)}" if e.resumable else ""
+        return fail(f"fastnas: {e}{resume}", e.signal)
+    except KeyboardInterrupt as e:  # outside a stage: nothing to resume
+        signal_name = "SIGTERM" if type(e).__name__ == "Terminated" else "SIGINT"
+        return fail("fastnas: " + ("terminated (SIGTERM)" if signal_name == "SIGTERM"
+                                   else "interrupted"), signal_name)
+    except CheckpointWriteError as e:
+        return fail(f"fastnas: error: {e}", "os")
+    except OSError as e:
+        return fail(f"fastnas: error: {e.strerror or e}" + (
+            f": {e.filename}" if getattr(e, "filename", None) else ""), "os")
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
+    except Exception as e:  # a bug: one line, and the traceback on request
+        if debug:
+            raise
+        return fail(f"fastnas: internal error: {type(e).__name__}: {e} (run with FASTNAS_DEBUG=1 "
+                    "for the traceback, and please report it)", "os")
     finally:
         torch.set_num_threads(threads)
 
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT", "build_parser", "main"]
