@@ -150,6 +150,9 @@ def test_alpha_history_refuses_a_malformed_file(tmp_path):
         AlphaHistory.read(str(path))
     with pytest.raises(ValueError, match="no 'alphas_reduce'"):
         AlphaHistory.from_search("darts", {"num_nodes": 2}, [{"epoch": 0, "alphas_normal": []}])
+    # an ENAS checkpoint from before decision_probs was recorded resumes without them
+    old = AlphaHistory.from_search("enas", {"num_nodes": 2}, [{"epoch": 0, "arch": "..."}])
+    assert old.epochs == [] and old.weights == [] and len(old.panels) == 2 * 2 * 4
 
 
 def test_enas_records_the_controller_probabilities_and_plots_them(tmp_path):

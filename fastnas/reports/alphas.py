@@ -72,21 +72,22 @@ class AlphaHistory:
     @classmethod
     def from_search(cls, method: str, config: Mapping[str, Any],
                     history: Sequence[Mapping[str, Any]]) -> AlphaHistory:
-        """From a search's history records (tensors or lists) and its config (a dict)."""
+        """From a search's history records (tensors or lists) and its config (a dict). Records
+        written before the weights were recorded (none of their keys) are left out."""
         if method == "darts":
             panels = darts_panels(int(config.get("num_nodes", 4)))
-            rows = [[*_rows(r, "alphas_normal"), *_rows(r, "alphas_reduce")] for r in history]
-            what = "softmax of the alphas per edge"
+            keys, what = ("alphas_normal", "alphas_reduce"), "softmax of the alphas per edge"
         elif method == "enas":
             if config.get("search_space", "micro") == "micro":
                 panels = micro_panels(int(config.get("num_nodes", 5)))
             else:
                 panels = macro_panels(int(config.get("num_layers", 12)))
-            rows = [_rows(r, "decision_probs") for r in history]
-            what = "controller decision probabilities (greedy pass)"
+            keys, what = ("decision_probs",), "controller decision probabilities (greedy pass)"
         else:
             raise ValueError(f"no alpha history for search method {method!r}")
-        out = cls(method, what, panels, [int(r["epoch"]) for r in history], rows)
+        records = [r for r in history if any(k in r for k in keys)]
+        rows = [[row for k in keys for row in _rows(r, k)] for r in records]
+        out = cls(method, what, panels, [int(r["epoch"]) for r in records], rows)
         out.check()
         return out
 

@@ -102,7 +102,9 @@ def plot_stage(folder: str, figures: bool = True) -> List[str]:
     history = metrics["history"]
     if search:
         method = metrics["method"]
-        _save(alphas_figure(alpha_history(folder, metrics)), out, "alphas", written)
+        alphas = alpha_history(folder, metrics)
+        if alphas.epochs:  # a run from before the weights were recorded has none
+            _save(alphas_figure(alphas), out, "alphas", written)
         val = "val (controller reward)" if method == "enas" else "val"
         _save(curves_figure(history, f"{method} search on {metrics.get('dataset')}", val),
               out, "curves", written)
