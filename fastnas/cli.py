@@ -114,7 +114,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plots and TensorBoard")
     g.add_argument("--no-plots", dest="plots", action="store_false",
-                   help="do not write the figures into DIR/plots/ at the end (needs matplotlib)")
+                   help="do not draw the figures into DIR/plots/ at the end (they need "
+                        "matplotlib)")
     g.add_argument("--tensorboard", action="store_true",
                    help="log scalars, alphas and the genotype per epoch for TensorBoard")
     g.add_argument("--log-dir", metavar="DIR", default=None,

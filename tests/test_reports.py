@@ -126,14 +126,21 @@ def test_plot_command_redraws_a_finished_run(run_dir, tmp_path, capsys):
 
 
 # -- alphas.json ----------------------------------------------------------------------------------
-def test_alpha_history_resumes_exactly(tmp_path):
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+def test_alpha_history_and_tensorboard_resume_exactly(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    straight, resumed, logs = tmp_path / "straight", tmp_path / "resumed", tmp_path / "logs"
     assert main([*TINY_SEARCH, "--epochs", "2", "--no-plots", "--output", str(straight)]) == 0
-    assert main([*TINY_SEARCH, "--epochs", "1", "--no-plots", "--output", str(resumed)]) == 0
+    assert main([*TINY_SEARCH, "--epochs", "1", "--no-plots", "--output", str(resumed),
+                 "--log-dir", str(logs)]) == 0
     assert AlphaHistory.read(str(resumed / "alphas.json")).epochs == [0]
     assert main(["search", "--epochs", "2", "--resume", "--no-plots", "--quiet", "--output",
-                 str(resumed)]) == 0
+                 str(resumed), "--log-dir", str(logs)]) == 0
     assert ((resumed / "alphas.json").read_text() == (straight / "alphas.json").read_text())
+    events = EventAccumulator(str(logs / "search"))  # --log-dir DIR: DIR/<stage>
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
+    assert not (resumed / "tensorboard").exists()
 
 
 def test_alpha_history_refuses_a_malformed_file(tmp_path):

@@ -41,14 +41,14 @@ def _read_json(path: str) -> Any:
 def _genotype(folder: str, metrics: Dict[str, Any]) -> Optional[Genotype]:
     """The stage's cell genotype (``genotype.json``, else the metrics' text), or None when the
     architecture is not a cell (an ENAS macro search)."""
+    text = str(metrics.get("genotype") or "")
+    if text.startswith("MacroArch"):
+        return None
     path = os.path.join(folder, "genotype.json")
     try:
-        if os.path.exists(path):
-            return Genotype.load(path)
-        text = metrics.get("genotype")
-        return Genotype.parse(text) if text and text.startswith("Genotype(") else None
-    except ValueError:
-        return None
+        return Genotype.load(path) if os.path.exists(path) else Genotype.parse(text)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the genotype of {folder}: {e}") from None
 
 
 def alpha_history(folder: str, metrics: Optional[Dict[str, Any]] = None) -> AlphaHistory:
