@@ -20,9 +20,11 @@ setup(
         "tqdm>=4.60",  # progress bars on epochs and batches
     ],
     extras_require={
+        "plot": ["matplotlib>=3.5"],  # fastnas plot, and the figures at the end of each stage
+        "tensorboard": ["tensorboard>=2.10"],  # --tensorboard
         # ruff and import-linter: the lint and the layer contracts the tests and CI run.
         "dev": ["pytest>=7", "pytest-benchmark>=4", "pytest-cov>=4", "ruff>=0.5",
-                "import-linter>=2.1"],
+                "import-linter>=2.1", "matplotlib>=3.5", "tensorboard>=2.10"],
     },
     entry_points={"console_scripts": ["fastnas=fastnas.cli:main"]},
 )

@@ -39,6 +39,7 @@ from .enas import ENASOptimizer
 from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
+from .reports import write_alpha_history
 from .reproducibility import resolve_device
 from .training import FinalTrainer, TrainConfig
 
@@ -290,14 +291,15 @@ def _interrupted(kind: str, done: int, total: int, checkpoint: str, saved: bool,
 def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
                  output: str) -> Tuple[Any, dict]:
     """Search with ``method`` (a key of ``SEARCH_METHODS``) and the settings ``given`` (keys of
-    ``SEARCH_DEFAULTS``, plus ``order`` for DARTS); writes ``genotype.json``, ``metrics.json``
-    and ``checkpoint.pt`` in ``output``. Returns ``(architecture, metrics)``."""
+    ``SEARCH_DEFAULTS``, plus ``order`` for DARTS); writes ``genotype.json``, ``metrics.json``,
+    ``alphas.json`` (``fastnas.reports.alphas``) and ``checkpoint.pt`` in ``output``. Returns
+    ``(architecture, metrics)``."""
     if method not in SEARCH_METHODS:
         raise UserError(f"unknown search method {method!r}; use --method "
                         f"{' or '.join(SEARCH_METHODS)}")
     method = SEARCH_METHODS[method]
     paths = {name: os.path.join(output, name)
-             for name in ("genotype.json", "metrics.json", "checkpoint.pt")}
+             for name in ("genotype.json", "metrics.json", "alphas.json", "checkpoint.pt")}
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _resume_state(options, checkpoint, "search", method.name)
@@ -372,7 +374,10 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
 
             _write_epoch([lambda: save_checkpoint(state, checkpoint),
                           lambda: write_json_atomic(metrics(None, opt.architecture()),
-                                                    paths["metrics.json"]), written])
+                                                    paths["metrics.json"]),
+                          lambda: write_alpha_history(paths["alphas.json"], method.name,
+                                                      cfg.to_dict(), opt.history),
+                          written])
             for observer in options.observers:
                 observer.epoch(run, record)
             val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""

@@ -20,9 +20,9 @@ from fastnas.training import FinalTrainer, load_model
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # a supernet and a network small enough for a step in a few milliseconds
 SMALL_SEARCH = ["--limit", "96", "--layers", "3", "--channels", "4", "--batch-size", "16",
-                "--quiet"]
+                "--quiet", "--no-plots"]
 SMALL_TRAIN = ["--limit", "64", "--layers", "3", "--channels", "4", "--batch-size", "16",
-               "--quiet"]
+               "--quiet", "--no-plots"]
 
 
 @pytest.fixture(autouse=True)
@@ -434,8 +434,8 @@ def test_cifar10_example_script_runs(tmp_path, capsys):
         torch.set_num_threads(threads)
     assert 0 <= metrics["train"]["test_accuracy"] <= 1
     assert sorted(os.listdir(tmp_path / "out")) == ["search", "train"]
-    assert sorted(os.listdir(tmp_path / "out" / "search")) == ["checkpoint.pt", "genotype.json",
-                                                               "metrics.json"]
+    assert sorted(os.listdir(tmp_path / "out" / "search")) == ["alphas.json", "checkpoint.pt",
+                                                               "genotype.json", "metrics.json"]
     assert sorted(os.listdir(tmp_path / "out" / "train")) == ["checkpoint.pt", "metrics.json",
                                                               "model.pt"]
     assert "test accuracy" in capsys.readouterr().out

@@ -271,9 +271,9 @@ class ENASOptimizer(Resumable):
 
         Continues from ``self.epoch``, so a loaded state resumes where it stopped. After each
         epoch a record (shared loss/accuracy, controller reward, baseline, entropy, the greedy
-        architecture, seconds) is appended to ``history`` and passed to ``callback(self,
-        record)``; a callback returning False stops the search. ``on_step(self, stats)`` is
-        called after every shared-weight step.
+        architecture and its per-decision probabilities ``decision_probs``, seconds) is appended
+        to ``history`` and passed to ``callback(self, record)``; a callback returning False
+        stops the search. ``on_step(self, stats)`` is called after every shared-weight step.
         """
         if epochs is not None:
             self.total_epochs = check_epochs(epochs)
@@ -301,13 +301,16 @@ class ENASOptimizer(Resumable):
                     continue
                 for k, v in stats.items():
                     ctrl.setdefault(k, RunningMean()).add(v, 1)
+            with torch.no_grad():  # greedy: draws no random numbers
+                greedy = self.controller(greedy=True, generator=self.generator)
             return {"lr": self.lr, "steps": steps, "skipped_steps": self.guard.skipped,
                     **{k: m.value for k, m in shared.items()},
                     "controller_steps": self.config.controller_steps,
                     **{k: m.value for k, m in ctrl.items() if k != "baseline"},
                     "val_acc": ctrl["reward"].value if ctrl else float("nan"),
                     "baseline": self.baseline if self.baseline is not None else float("nan"),
-                    "arch": str(self.ask(greedy=True))}
+                    "arch": str(self._arch(greedy.choices)),
+                    "decision_probs": greedy.probabilities}
 
         run_epochs(self, run_epoch, callback)
         self.derived = self.derive(val_data=next(val_batches))
