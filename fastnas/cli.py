@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from . import __version__, data, profiling
+from . import __version__, data, distributed, profiling
 from .checkpoint import write_json_atomic
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
@@ -139,8 +139,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "skip that step's update")
     g.add_argument("--max-nonfinite-skips", type=positive_int, default=None, metavar="N",
                    help="with --on-nonfinite skip: stop after N skipped steps in a row (10)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in --output (starts anew if there is none)")
+    g.add_argument("--resume", nargs="?", const="auto", choices=("auto",), default=None,
+                   help="continue from the checkpoint in --output, or start anew if there is none "
+                        "(`--resume` = `--resume auto`; the default under torchrun, so that "
+                        "restarted workers resume by themselves)")
+    g.add_argument("--no-resume", dest="resume", action="store_const", const="no",
+                   help="start anew even under torchrun (an existing checkpoint is overwritten)")
+    d = p.add_argument_group("distributed (under torchrun)")
+    d.add_argument("--dist-backend", choices=distributed.BACKENDS, default=None,
+                   help="collective backend (default: nccl on CUDA, gloo on the CPU)")
+    d.add_argument("--dist-timeout", type=_number(0, low_open=True, high=None), metavar="S",
+                   default=distributed.DEFAULT_TIMEOUT_S,
+                   help="seconds a collective may wait before the run stops: a rank that failed "
+                        f"never hangs the others (default {distributed.DEFAULT_TIMEOUT_S:g})")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bars; one log line per epoch")
     _add_report_options(p)
@@ -201,13 +212,15 @@ def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="cutout square side, 0 for none (digits: 0, cifar10: 16)")
     g.add_argument("--grad-clip", type=_number(0, low_open=True, high=None), metavar="NORM",
                    help="gradient norm clip (5)")
+    g.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun on GPUs: SyncBatchNorm (statistics over all ranks)")
 
 
 GUARD_KEYS = ("on_nonfinite", "max_nonfinite_skips")
 SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", *GUARD_KEYS)
 TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr_min", "momentum",
               "weight_decay", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
-              "grad_clip", *GUARD_KEYS)
+              "grad_clip", "sync_bn", *GUARD_KEYS)
 
 
 def _given(args: argparse.Namespace, keys, prefix: str = "") -> Dict[str, Any]:
@@ -233,8 +246,9 @@ def _observers(args: argparse.Namespace) -> list:
 
 
 def _options(args: argparse.Namespace) -> StageOptions:
+    resume = args.resume == "auto" or (args.resume is None and distributed.active())
     return StageOptions(args.dataset, args.data_dir, args.download, args.limit, args.device,
-                        args.workers, args.threads, args.resume, args.quiet,
+                        args.workers, args.threads, resume, args.quiet,
                         observers=_observers(args))
 
 
@@ -429,6 +443,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     debug = os.environ.get("FASTNAS_DEBUG", "") not in ("", "0")
 
     def fail(message: str, status: str) -> int:
+        if distributed.active():  # every rank prints its own line, named
+            message = message.replace("fastnas:", f"fastnas (rank {distributed.rank()}):", 1)
         print(message, file=sys.stderr, flush=True)
         return EXIT[status]
 
@@ -439,6 +455,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.command is None:
                 commands = ", ".join(args.command_names)
                 raise UserError(f"missing command, one of: {commands} (see fastnas --help)")
+            if distributed.launched() is not None and hasattr(args, "dist_backend"):
+                try:
+                    _, args.device = distributed.init(args.dist_backend, args.dist_timeout,
+                                                      args.device)
+                except ValueError as e:
+                    raise UserError(str(e)) from None
             return args.handler(args)
     except UserError as e:
         return fail(f"fastnas: error: {e}", "usage")
@@ -458,13 +480,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             f": {e.filename}" if getattr(e, "filename", None) else ""), "os")
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
-    except Exception as e:  # a bug: one line, and the traceback on request
+    except Exception as e:  # a bug, or a peer that died: one line, the traceback on request
         if debug:
             raise
+        if distributed.collective_failure(e):
+            return fail("fastnas: error: a collective failed or timed out: another rank stopped "
+                        "(see its message above)", "os")
         return fail(f"fastnas: internal error: {type(e).__name__}: {e} (run with FASTNAS_DEBUG=1 "
                     "for the traceback, and please report it)", "os")
     finally:
         torch.set_num_threads(threads)
+        distributed.shutdown()
 
 
 __all__ = ["COMMANDS", "EXIT", "build_parser", "main"]

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, 
 
 import torch
 
+from . import distributed
 from .errors import NonFiniteError
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
@@ -31,7 +32,8 @@ def cosine_lr(epoch: int, total: int, lr_max: float, lr_min: float) -> float:
 
 
 class RunningMean:
-    """A weighted mean built one batch at a time: ``add(value, n)``, then ``value``."""
+    """A weighted mean built one batch at a time: ``add(value, n)``, then ``value``;
+    ``reduced()`` is the mean over every rank's batches (the mean of the whole dataset)."""
 
     def __init__(self):
         self.total, self.count = 0.0, 0
@@ -39,6 +41,11 @@ class RunningMean:
     def add(self, value: float, n: int = 1) -> None:
         self.total += value * n
         self.count += n
+
+    def reduced(self) -> RunningMean:
+        out = RunningMean()
+        out.total, out.count = distributed.sum_([self.total, self.count])
+        return out
 
     @property
     def value(self) -> float:
@@ -218,8 +225,11 @@ class NonFiniteGuard:
         or ``NonFiniteError``."""
         number = float(value.detach().float().max() if torch.is_tensor(value) and value.numel()
                        else value)
-        if math.isfinite(number):
+        # Under torchrun every rank takes the same decision: finite only if finite everywhere.
+        if distributed.all_finite(number if math.isfinite(number) else float("nan")):
             return True
+        if math.isfinite(number):  # this rank's value was finite, another rank's was not
+            quantity, number = f"{quantity} (on another rank)", None
         if self.policy == "skip":
             self.skipped += 1
             self.in_a_row += 1
@@ -235,7 +245,7 @@ class NonFiniteGuard:
     def check_weights(self, tensors: Sequence[torch.Tensor], epoch: int, step: int,
                       quantity: str = "weights after the step") -> None:
         value = max_abs(tensors)
-        if not math.isfinite(value):
+        if not distributed.all_finite(value):
             raise NonFiniteError(quantity, epoch, step, value)
 
     def state_dict(self) -> Dict[str, int]:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from . import data
+from . import data, distributed
 from .checkpoint import check_kind, load_latest, previous_path, save_checkpoint, write_json_atomic
 from .console import Progress, duration, epochs, log, print_block
 from .darts import DARTSOptimizer
@@ -142,6 +142,40 @@ SEARCH_METHODS: Dict[str, SearchMethod] = {
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
+def _on_main(work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0, its result (or its UserError) on every rank. Under torchrun only
+    rank 0 touches the output folder, which therefore need not be shared between nodes."""
+    if not distributed.active():
+        return work()
+    outcome: Tuple[bool, Any] = (True, None)
+    if distributed.is_main():
+        try:
+            outcome = (True, work())
+        except UserError as e:
+            outcome = (False, str(e))
+    ok, value = distributed.broadcast(outcome)
+    if not ok:
+        raise UserError(value)
+    return value
+
+
+def _per_rank(batch_size: int) -> int:
+    """The batch each rank takes: ``--batch-size`` is the global batch, split evenly."""
+    world = distributed.world_size()
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size} does not split evenly over {world} ranks; "
+                        f"use a multiple of {world}")
+    return batch_size // world
+
+
+def _shard() -> Tuple[int, int]:
+    return (distributed.rank(), distributed.world_size())
+
+
+def _observers(options: StageOptions) -> Sequence[StageObserver]:
+    return options.observers if distributed.is_main() else ()
+
+
 def prepare_output(path: str) -> None:
     """Create ``path`` and check that it is writable, or raise a UserError naming it."""
     try:
@@ -213,10 +247,12 @@ def _check_batches(loaders: Mapping[str, Any], limit: Optional[int]) -> None:
 
 
 def _write_epoch(writes: Sequence[Callable[[], None]]) -> None:
-    """An epoch's files, all written or (Ctrl-C and SIGTERM held back meanwhile) none."""
+    """An epoch's files, all written or (Ctrl-C and SIGTERM held back meanwhile) none; under
+    torchrun by rank 0 alone (every rank calls it with the same, already gathered, state)."""
     with deferred():
         for write in writes:
-            write()
+            if distributed.is_main() or getattr(write, "every_rank", False):
+                write()
 
 
 def _stopped(error: NonFiniteError, kind: str, checkpoint: str, done: int,
@@ -302,7 +338,7 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
              for name in ("genotype.json", "metrics.json", "alphas.json", "checkpoint.pt")}
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
-    state = _resume_state(options, checkpoint, "search", method.name)
+    state = _on_main(lambda: _resume_state(options, checkpoint, "search", method.name))
     dataset, limit = _data_source(options, state, checkpoint)
     info = data.dataset_info(dataset)
     _set_threads(options, dataset)
@@ -324,18 +360,19 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     split = _load_data(options, dataset,
                        lambda: data.search_data(dataset, options.data_dir, limit))
     _check_size(len(split.arch), limit)
-    prepare_output(output)
+    _on_main(lambda: prepare_output(output))
     optimizer = _build(lambda: method.optimizer(config))
     if state:
         _restore(optimizer, state, checkpoint)
     cfg = optimizer.config
     seed, workers = cfg.seed or 0, _workers(options, dataset)
-    train_loader = data.make_loader(split.weights, cfg.batch_size, shuffle=True, device=device,
-                                    seed=seed, stream=0, num_workers=workers)
-    val_loader = data.make_loader(split.arch, cfg.batch_size, shuffle=True, device=device,
-                                  seed=seed, stream=1, num_workers=workers)
+    batch = _per_rank(cfg.batch_size)
+    train_loader = data.make_loader(split.weights, batch, shuffle=True, device=device,
+                                    seed=seed, stream=0, num_workers=workers, shard=_shard())
+    val_loader = data.make_loader(split.arch, batch, shuffle=True, device=device,
+                                  seed=seed, stream=1, num_workers=workers, shard=_shard())
     eval_loader = data.make_loader(split.arch_eval, EVAL_BATCH_SIZE, shuffle=False,
-                                   device=device, num_workers=workers)
+                                   device=device, num_workers=workers, shard=_shard())
     _check_batches({"weight half of the search split": train_loader,
                     "architecture half of the search split": val_loader}, limit)
     loaders = [train_loader, val_loader]
@@ -350,7 +387,7 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     started = time.perf_counter()
     saved = state is not None
     run = StageRun("search", output, dataset, method.name, optimizer)
-    for observer in options.observers:
+    for observer in _observers(options):
         observer.start(run)
 
     def metrics(final: Optional[dict], arch) -> dict:
@@ -371,6 +408,7 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
             def written():
                 nonlocal saved
                 saved = True
+            written.every_rank = True
 
             _write_epoch([lambda: save_checkpoint(state, checkpoint),
                           lambda: write_json_atomic(metrics(None, opt.architecture()),
@@ -378,7 +416,7 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
                           lambda: write_alpha_history(paths["alphas.json"], method.name,
                                                       cfg.to_dict(), opt.history),
                           written])
-            for observer in options.observers:
+            for observer in _observers(options):
                 observer.epoch(run, record)
             val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""
             progress.epoch(record["epoch"],
@@ -399,7 +437,7 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     result = metrics(final, arch)
     _write_epoch([lambda: arch.save(paths["genotype.json"]),
                   lambda: write_json_atomic(result, paths["metrics.json"])])
-    for observer in options.observers:
+    for observer in _observers(options):
         observer.end(run, result)
     print_block(f"search finished: {method.name} on {dataset}, {epochs(optimizer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
@@ -441,7 +479,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
                                                            "checkpoint.pt")}
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
-    state = _resume_state(options, checkpoint, "train")
+    state = _on_main(lambda: _resume_state(options, checkpoint, "train"))
     if state is None and genotype is None:
         raise UserError("train needs --genotype FILE|NAME: a genotype.json written by "
                         f"fastnas search, or a published cell ({', '.join(PUBLISHED)})")
@@ -473,15 +511,16 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
                         limit=limit),
         data.load_split(dataset, "test", options.data_dir, limit=limit)))
     _check_size(min(len(train_set), len(test_set)), limit)
-    prepare_output(output)
+    _on_main(lambda: prepare_output(output))
     trainer = _build(lambda: FinalTrainer(genotype, cfg))
     if state:
         _restore(trainer, state, checkpoint)
     workers = _workers(options, dataset)
-    train_loader = data.make_loader(train_set, cfg.batch_size, shuffle=True, device=device,
-                                    seed=cfg.seed, stream=2, num_workers=workers)
+    train_loader = data.make_loader(train_set, _per_rank(cfg.batch_size), shuffle=True,
+                                    device=device, seed=cfg.seed, stream=2, num_workers=workers,
+                                    shard=_shard())
     test_loader = data.make_loader(test_set, EVAL_BATCH_SIZE, shuffle=False, device=device,
-                                   num_workers=workers)
+                                   num_workers=workers, shard=_shard())
     _check_batches({"train split": train_loader}, limit)
 
     log(f"train: {dataset} ({len(train_set)} train, {len(test_set)} test images), "
@@ -490,7 +529,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     started = time.perf_counter()
     saved = state is not None
     run = StageRun("train", output, dataset, None, trainer)
-    for observer in options.observers:
+    for observer in _observers(options):
         observer.start(run)
 
     with Progress("train", cfg.epochs, trainer.epoch, len(train_loader),
@@ -501,11 +540,12 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
             def written():
                 nonlocal saved
                 saved = True
+            written.every_rank = True
 
             _write_epoch([lambda: save_checkpoint(state, checkpoint),
                           lambda: write_json_atomic({"dataset": dataset, **t.metrics()},
                                                     paths["metrics.json"]), written])
-            for observer in options.observers:
+            for observer in _observers(options):
                 observer.epoch(run, record)
             progress.epoch(record["epoch"],
                            f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
@@ -525,7 +565,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
                                              test_accuracy=result["test_accuracy"]),
                   lambda: write_json_atomic(result, paths["metrics.json"])])
-    for observer in options.observers:
+    for observer in _observers(options):
         observer.end(run, result)
     print_block(f"training finished: {dataset}, {epochs(trainer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",

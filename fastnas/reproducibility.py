@@ -10,6 +10,8 @@ import random
 import numpy as np
 import torch
 
+from . import distributed
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (CPU and CUDA) global generators."""
@@ -19,6 +21,15 @@ def seed_everything(seed: int) -> None:
 
 
 def get_rng_state() -> dict:
+    """Every generator's state; under torchrun every rank's (``{"per_rank": [...]}``, a
+    collective: all ranks must call it)."""
+    state = _local_rng_state()
+    if distributed.active():
+        return {"per_rank": distributed.gather(state)}
+    return state
+
+
+def _local_rng_state() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, py_state, gauss = random.getstate()
     state = {
@@ -33,6 +44,15 @@ def get_rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore ``get_rng_state()``'s output: each rank its own state (a run resumed on another
+    number of ranks takes ``rank % saved ranks``'s, so it is no longer an exact continuation)."""
+    if "per_rank" in state:
+        states = state["per_rank"]
+        state = states[distributed.rank() % len(states)]
+    _set_local_rng_state(state)
+
+
+def _set_local_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],

@@ -10,6 +10,7 @@ loss ``CE(logits) + auxiliary_weight * CE(logits_aux)`` and the gradient norm cl
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import distributed
 from .checkpoint import check_kind, check_tensors_fit, describe, load_checkpoint, save_atomic
 from .config import LoopConfig, device, flag, integer, number
 from .engine import (
@@ -60,6 +62,7 @@ class TrainConfig(LoopConfig):
     num_classes: int = integer(10, low=2)
     seed: int = integer(0, low=0)
     device: str = device("auto")
+    sync_bn: bool = flag(False)
 
 
 # -- cost of a network ----------------------------------------------------------------------------
@@ -125,8 +128,28 @@ class FinalTrainer:
         self.genotype = genotype
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
+        if cfg.sync_bn and self.device.type != "cuda":
+            raise ValueError("sync_bn (SyncBatchNorm) runs on CUDA devices only, not on "
+                             f"{self.device}")
         self.model = NetworkCIFAR(cfg.channels, cfg.num_classes, cfg.layers, cfg.auxiliary,
                                   genotype, in_channels=cfg.in_channels).to(self.device)
+        # Under torchrun: DistributedDataParallel averages the gradients (bucketed, overlapped
+        # with backward); each rank then draws its own drop-path and cutout randomness.
+        self.ddp: Optional[nn.Module] = None
+        if distributed.active():
+            if cfg.sync_bn:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            from torch.nn.parallel import DistributedDataParallel
+
+            # BN statistics stay per rank (averaged before evaluation); the newer keyword is
+            # preferred where torch has it (it still syncs at init, where all ranks agree).
+            keep_buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                            inspect.signature(DistributedDataParallel).parameters
+                            else {"broadcast_buffers": False})
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **keep_buffers)
+            seed_everything(cfg.seed + 100_003 * distributed.rank())
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.learning_rate,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.guard = NonFiniteGuard(cfg.on_nonfinite, cfg.max_nonfinite_skips)
@@ -158,7 +181,7 @@ class FinalTrainer:
             x, y = self._batch("train batch", batch)
             self.input_shape = tuple(x.shape[1:])
             self.optimizer.zero_grad(set_to_none=True)
-            logits, logits_aux = _logits(self.model(x))
+            logits, logits_aux = _logits((self.ddp or self.model)(x))
             loss = F.cross_entropy(logits, y)
             if logits_aux is not None:
                 loss = loss + cfg.auxiliary_weight * F.cross_entropy(logits_aux, y)
@@ -175,6 +198,7 @@ class FinalTrainer:
                 on_step(self, {"loss": batch_loss, "acc": batch_correct / n})
         if count == 0 and self.guard.skipped == 0:
             raise ValueError("train loader yielded no batches")
+        loss_sum, correct, count = distributed.sum_([loss_sum, correct, count])
         if count == 0:  # every step of the epoch was skipped
             return {"loss": float("nan"), "acc": float("nan")}
         return {"loss": loss_sum / count, "acc": correct / count}
@@ -183,9 +207,13 @@ class FinalTrainer:
         """One SGD step with the gradient norm clipped; False when a non-finite loss or gradient
         made ``on_nonfinite='skip'`` drop it (``NonFiniteError`` under ``'stop'``)."""
         epoch, step = self.epoch, self.global_step
-        if not self.guard.ok("train loss", loss.detach(), epoch, step):
+        # DDP expects a backward after every forward: with it, check the loss after backward.
+        if self.ddp is None and not self.guard.ok("train loss", loss.detach(), epoch, step):
             return False
         loss.backward()
+        if self.ddp is not None and not self.guard.ok("train loss", loss.detach(), epoch, step):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
         params = list(self.model.parameters())
         clip = self.config.grad_clip
         norm = nn.utils.clip_grad_norm_(params, clip) if clip is not None else grad_norm(params)
@@ -200,7 +228,9 @@ class FinalTrainer:
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> Dict[str, float]:
-        """Loss and accuracy on ``loader`` in eval mode."""
+        """Loss and accuracy on ``loader`` in eval mode (under torchrun: over every rank's
+        shard, with the BatchNorm statistics averaged over the ranks first)."""
+        distributed.average_buffers(self.model)
         self.model.eval()
         loss_sum = correct = count = 0.0
         for batch in loader:
@@ -210,6 +240,7 @@ class FinalTrainer:
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)
         self.model.train()
+        loss_sum, correct, count = distributed.sum_([loss_sum, correct, count])
         if count == 0:
             raise ValueError("evaluation loader yielded no batches")
         return {"loss": loss_sum / count, "accuracy": correct / count}

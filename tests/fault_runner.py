@@ -13,7 +13,10 @@ FAULT is one of
 - ``kill-rename:N``: SIGKILL between the two renames of the N-th checkpoint write (the latest
   generation has just become the previous one);
 - ``nan-step:N[:K]``: steps N .. N+K-1 (K defaults to 1) see a NaN loss;
-- ``disk-full:N``: the N-th checkpoint write fails as ``torch.save`` does on a full disk.
+- ``disk-full:N``: the N-th checkpoint write fails as ``torch.save`` does on a full disk;
+- ``kill-step-once:N:MARKER:RANK`` (under torchrun): SIGKILL rank RANK at its N-th step unless
+  the file MARKER exists, which it creates first (a restarted worker runs on);
+- ``raise-step:N:RANK`` (under torchrun): rank RANK raises at its N-th step.
 
 Faults hook the library's own functions in this process only, so the code under test is the
 code that runs in production. In-process tests call ``install(fault, monkeypatch.setattr)`` so
@@ -46,10 +49,23 @@ def install(fault: str, patch=setattr) -> None:
     kind, _, arg = fault.partition(":")
     if kind == "none":
         return
-    numbers = [int(n) for n in arg.split(":")]
-    at, span = numbers[0], (numbers[1] if len(numbers) > 1 else 1)
+    rank = int(os.environ.get("RANK", "0"))
+    if kind == "kill-step-once":
+        at, marker, victim = arg.split(":")
+        if rank != int(victim) or os.path.exists(marker):
+            return
+        kind, at, span = "kill-step", int(at), 1
+        open(marker, "w").close()
+    elif kind == "raise-step":
+        at, victim = (int(n) for n in arg.split(":"))
+        if rank != victim:
+            return
+        span = 1
+    else:
+        numbers = [int(n) for n in arg.split(":")]
+        at, span = numbers[0], (numbers[1] if len(numbers) > 1 else 1)
 
-    if kind in ("kill-step", "nan-step"):
+    if kind in ("kill-step", "nan-step", "raise-step"):
         def wrap_loss_check(cls, name):
             original = getattr(cls, name)
 
@@ -57,6 +73,8 @@ def install(fault: str, patch=setattr) -> None:
                 counts["step"] += 1
                 if kind == "kill-step" and counts["step"] == at:
                     die()
+                if kind == "raise-step" and counts["step"] == at:
+                    raise RuntimeError(f"injected failure on rank {rank}")
                 if kind == "nan-step" and at <= counts["step"] < at + span:
                     loss = loss * float("nan")
                 return original(self, loss, *args, **kwargs)

@@ -34,7 +34,7 @@ RUNNER = os.path.join(REPO, "tests", "fault_runner.py")
 ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
            OMP_NUM_THREADS="1")
 TINY = ["--dataset", "digits", "--layers", "3", "--channels", "4", "--batch-size", "16",
-        "--limit", "128", "--quiet"]
+        "--limit", "128", "--quiet", "--no-plots"]
 STAGES = {
     # 4 weight batches x 3 epochs; ENAS: 30 controller steps on 4 validation batches per epoch
     # (not a multiple: the validation stream runs across epoch boundaries).

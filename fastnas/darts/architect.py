@@ -18,6 +18,10 @@ with the Hessian-vector product by central finite differences around ``w``:
 No copy of the model is made: the virtual and perturbed weights are plain tensors passed to the
 model through ``torch.func.functional_call``, and BatchNorm running statistics are left untouched
 by those extra passes (they see copies of the buffers).
+
+Under torchrun each rank computes these gradients on its shard of the batches and they are
+averaged over the ranks as soon as they are computed (``_grad``), before the next stage uses
+them, so every rank takes the bitwise same step.
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
+
+from .. import distributed
 
 
 class Architect:
@@ -78,12 +84,15 @@ class Architect:
 
     def _grad(self, loss, inputs, **kwargs):
         """``torch.autograd.grad`` of ``loss``, through the loss scale when there is one; the
-        gradients come back unscaled (fp32 for fp32 inputs)."""
+        gradients come back unscaled (fp32 for fp32 inputs) and, under torchrun, averaged over
+        the ranks: every quantity a later stage uses (the alpha gradient, the virtual-step
+        gradient that makes ``w'``, ``v``, and both finite-difference alpha gradients) is then
+        the same on every rank."""
         if self.loss_scale is None:
-            return torch.autograd.grad(loss, inputs, **kwargs)
+            return tuple(distributed.averaged(torch.autograd.grad(loss, inputs, **kwargs)))
         scale = float(self.loss_scale())
         grads = torch.autograd.grad(loss * scale, inputs, **kwargs)
-        return tuple(None if g is None else g / scale for g in grads)
+        return tuple(distributed.averaged([None if g is None else g / scale for g in grads]))
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, train_batch, val_batch, xi: float, weight_optimizer: torch.optim.Optimizer):

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..checkpoint import Resumable, check_kind, check_tensors_fit, describe
 from ..engine import (
     Batch,
@@ -148,6 +149,7 @@ class DARTSOptimizer(Resumable):
         scaler = self.precision.scaler
         if scaler is not None:  # fp16: scaled backward, unscale before clipping; the scaler
             scaler.scale(loss).backward(inputs=weights)  # skips non-finite gradients itself
+            distributed.average_gradients(weights)
             scaler.unscale_(self.weight_optimizer)
             if clip is not None:
                 nn.utils.clip_grad_norm_(weights, clip)
@@ -157,6 +159,7 @@ class DARTSOptimizer(Resumable):
         if not self._check("train loss", loss.detach()):
             return False
         loss.backward(inputs=weights)
+        distributed.average_gradients(weights)   # under torchrun: the mean over the ranks
         norm = nn.utils.clip_grad_norm_(weights, clip) if clip is not None else grad_norm(weights)
         if not self._check("weight gradient norm", norm):
             self.weight_optimizer.zero_grad(set_to_none=True)
@@ -198,8 +201,9 @@ class DARTSOptimizer(Resumable):
                     on_step(self, stats)
             if steps == 0:
                 raise ValueError("train_loader yielded no batches")
+            distributed.average_buffers(self.model)   # one set of BN statistics for every rank
             return {"lr": self.lr, "steps": steps, "skipped_steps": self.guard.skipped,
-                    **{k: m.value for k, m in means.items()},
+                    **{k: m.reduced().value for k, m in means.items()},
                     "genotype": str(self.genotype()),
                     "alphas_normal": F.softmax(self.model.alphas_normal.detach(), -1).cpu(),
                     "alphas_reduce": F.softmax(self.model.alphas_reduce.detach(), -1).cpu()}
@@ -209,7 +213,9 @@ class DARTSOptimizer(Resumable):
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> Dict[str, float]:
-        """Loss and accuracy of the supernet (current alphas) on ``loader``, in eval mode."""
+        """Loss and accuracy of the supernet (current alphas) on ``loader``, in eval mode
+        (under torchrun: over every rank's shard)."""
+        distributed.average_buffers(self.model)
         self.model.eval()
         loss, acc = RunningMean(), RunningMean()
         try:
@@ -221,6 +227,7 @@ class DARTSOptimizer(Resumable):
                 acc.add(accuracy(logits, y), len(y))
         finally:
             self.model.train()
+        loss, acc = loss.reduced(), acc.reduced()
         if acc.count == 0:
             raise ValueError("the evaluation loader yielded no batches")
         return {"loss": loss.value, "accuracy": acc.value}

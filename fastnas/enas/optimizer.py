@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import distributed
 from ..checkpoint import Resumable, check_kind, check_tensors_fit, describe
 from ..engine import (
     Batch,
@@ -236,6 +237,7 @@ class ENASOptimizer(Resumable):
             return False
         loss.backward()
         params = list(self.model.parameters())
+        distributed.average_gradients(params)   # the sampled child's, the same on every rank
         clip = self.config.grad_clip
         norm = nn.utils.clip_grad_norm_(params, clip) if clip is not None else grad_norm(params)
         if not self._check("weight gradient norm", norm):
@@ -257,9 +259,16 @@ class ENASOptimizer(Resumable):
         return accuracy(self.model(x, arch), y)
 
     def train_controller(self, val_batch: Batch) -> Dict[str, float]:
-        """Sample ``controller_samples`` architectures, reward each on ``val_batch``, ``tell``."""
-        archs = [self.ask() for _ in range(self.config.controller_samples)]
-        rewards = [self.reward(a, val_batch) for a in archs]
+        """Sample ``controller_samples`` architectures, reward each on ``val_batch``, ``tell``.
+
+        Under torchrun with ``N`` ranks every rank samples the same ``N * controller_samples``
+        architectures (one generator, in step), scores its own block of them on its validation
+        shard, and all ranks ``tell`` all of them with the gathered rewards: ``N`` times the
+        samples per update, and the same update on every rank."""
+        n, r = self.config.controller_samples, distributed.rank()
+        archs = [self.ask() for _ in range(n * distributed.world_size())]
+        mine = [self.reward(a, val_batch) for a in archs[r * n:(r + 1) * n]]
+        rewards = [reward for block in distributed.gather(mine) for reward in block]
         return self.tell(archs, rewards)
 
     # -- the search loop ----------------------------------------------------------------------
@@ -301,10 +310,11 @@ class ENASOptimizer(Resumable):
                     continue
                 for k, v in stats.items():
                     ctrl.setdefault(k, RunningMean()).add(v, 1)
+            distributed.average_buffers(self.model)
             with torch.no_grad():  # greedy: draws no random numbers
                 greedy = self.controller(greedy=True, generator=self.generator)
             return {"lr": self.lr, "steps": steps, "skipped_steps": self.guard.skipped,
-                    **{k: m.value for k, m in shared.items()},
+                    **{k: m.reduced().value for k, m in shared.items()},
                     "controller_steps": self.config.controller_steps,
                     **{k: m.value for k, m in ctrl.items() if k != "baseline"},
                     "val_acc": ctrl["reward"].value if ctrl else float("nan"),
@@ -338,7 +348,7 @@ class ENASOptimizer(Resumable):
     @torch.no_grad()
     def evaluate(self, loader: Iterable, arch: Optional[Arch] = None) -> Dict[str, float]:
         """Loss and accuracy on ``loader`` of ``arch`` (default: ``architecture()``) with the
-        shared weights."""
+        shared weights (under torchrun: over every rank's shard)."""
         arch = self.architecture() if arch is None else arch
         self.choices(arch)
         loss, acc = RunningMean(), RunningMean()
@@ -347,6 +357,7 @@ class ENASOptimizer(Resumable):
             logits = self.model(x, arch)
             loss.add(F.cross_entropy(logits, y).item(), len(y))
             acc.add(accuracy(logits, y), len(y))
+        loss, acc = loss.reduced(), acc.reduced()
         if acc.count == 0:
             raise ValueError("the evaluation loader yielded no batches")
         return {"loss": loss.value, "accuracy": acc.value}
