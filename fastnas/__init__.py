@@ -5,6 +5,7 @@ The layers, each importing only the ones below it (checked by import-linter, see
 
     cli                      the ``fastnas`` command line
     pipeline, profiling      stage runners (search, train) with checkpoints and metrics
+    tune                     DARTS/ENAS then Bayesian optimization (Optuna, optional)
     darts | enas | training  the search strategies and final training
     supernet | networks      the DARTS supernet (reference and fast) and the final networks
     genotypes                discrete architectures

@@ -171,6 +171,7 @@ def test_the_tree_shows_the_layers():
                            ("ops/functional", {"batch_norm", "conv_blocks", "depthwise",
                                                "grad_edges", "node_sum", "pointwise"}),
                            ("supernet", {"reference", "fast", "recompute", "stages"}),
-                           ("darts", {"architect", "config", "optimizer", "precision"})):
+                           ("darts", {"architect", "config", "optimizer", "precision"}),
+                           ("tune", {"config", "objective", "space", "stage", "study"})):
         names = {n[:-3] for n in os.listdir(os.path.join(FASTNAS, package)) if n.endswith(".py")}
         assert names - {"__init__"} == parts, package
