@@ -7,7 +7,7 @@ test accuracy of that pick, against the number of trials, for
                   DARTS's genotype as trial 0
     darts         DARTS's genotype alone: one trial (trial 0 of tpe-pruned: the same training)
 
-    python benchmarks/hybrid.py                                  # 3 seeds x 24 trials per method
+    python benchmarks/hybrid.py                                  # 3 seeds x 20 trials per method
     python benchmarks/hybrid.py --seeds 0 --trials 3 --search-epochs 1 --epochs 1   # a smoke run
 
 Every trial trains its cell from scratch with the same budget (``fastnas tune``'s digits trial:
@@ -161,7 +161,7 @@ def plot(rows: List[dict], path: str, trials: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--trials", type=int, default=24)
+    p.add_argument("--trials", type=int, default=20)
     p.add_argument("--epochs", type=int, default=5, help="epochs per trial")
     p.add_argument("--search-epochs", type=int, default=8)
     p.add_argument("--startup-trials", type=int, default=5)

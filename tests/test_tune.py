@@ -24,6 +24,7 @@ from fastnas.enas import ENASOptimizer
 from fastnas.enas.micro import MICRO_OPS, genotype_from_choices, loose_ends
 from fastnas.supernet import derive_genotype
 from fastnas.tune import (
+    HPARAM_RANGES,
     INSTALL_HINT,
     DecisionSpace,
     EdgeSpace,
@@ -351,6 +352,28 @@ def test_tune_writes_its_files_starts_from_darts_and_stays_in_the_pruned_space(
     # another budget on the same study is refused
     assert main([*command, "--channels", "8"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_tune_searches_first_and_tunes_hyperparameters_with_the_cell(tmp_path):
+    out = str(tmp_path / "tune")
+    command = ["tune", "--trials", "2", "--tune-hparams", "--search-epochs", "1",
+               "--search-layers", "3", "--search-channels", "4", "--search-batch-size", "32",
+               "--output", out, *TRIAL]
+    assert main(command) == 0
+    search = os.path.join(out, "search")
+    derived = derive_genotype(*_search_alphas(search), 4, 4)
+    rows = _rows(os.path.join(out, "trials.csv"))
+    assert Genotype.parse(rows[0]["genotype"]) == derived
+    budget = TuneConfig().hparams()
+    assert json.loads(rows[0]["hyperparameters"]) == budget
+    drawn = json.loads(rows[1]["hyperparameters"])
+    assert drawn.keys() == budget.keys() and drawn != budget
+    for name, (low, high, _) in HPARAM_RANGES.items():
+        assert low <= drawn[name] <= high
+    stamp = os.stat(os.path.join(search, "checkpoint.pt")).st_mtime_ns
+    assert main(command) == 0  # the search is reused, the study is complete
+    assert os.stat(os.path.join(search, "checkpoint.pt")).st_mtime_ns == stamp
+    assert len(_rows(os.path.join(out, "trials.csv"))) == 2
 
 
 def _tune_process(search, out, storage, trials, extra=()):

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from ..enas.micro import MICRO_OPS, choices_from_genotype, loose_ends
 from ..genotypes import Genotype
 from ..ops import PRIMITIVES
+from ..supernet import num_edges
 
 CELLS = ("normal", "reduce")
 
@@ -117,8 +118,7 @@ class EdgeSpace:
         _check_k_m(k, m)
         primitives = list(primitives)
         edges = alphas_normal.shape[0]
-        num_nodes = next((n for n in range(1, 64) if sum(i + 2 for i in range(n)) == edges),
-                         None)
+        num_nodes = next((n for n in range(1, 64) if num_edges(n) == edges), None)
         if num_nodes is None or tuple(alphas_reduce.shape) != tuple(alphas_normal.shape):
             raise ValueError(f"alphas of shapes {tuple(alphas_normal.shape)} and "
                              f"{tuple(alphas_reduce.shape)} are not the two matrices of a cell")
