@@ -125,37 +125,54 @@ def table(rows: List[dict], checkpoints: List[int]) -> str:
     return "\n".join(lines)
 
 
+def curve(rows: List[dict], method: str, key: str, trials: int):
+    """Per trial count n: (n, median, min, max over seeds of ``key``, median wall clock)."""
+    out = []
+    for n in range(1, trials + 1):
+        at = at_trial(rows, method, n)
+        if at:
+            values = [r[key] for r in at]
+            out.append((n, statistics.median(values), min(values), max(values),
+                        statistics.median(r["seconds"] for r in at)))
+    return out
+
+
 def plot(rows: List[dict], path: str, trials: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
-    for method, color in zip(METHODS, ("tab:gray", "tab:blue", "tab:red", "black")):
-        for ax, key in zip(axes, ("best_val", "test_of_best")):
-            xs, mid, low, high = [], [], [], []
-            for n in range(1, trials + 1):
-                at = [r[key] for r in at_trial(rows, method, n)]
-                if at:
-                    xs.append(n)
-                    mid.append(statistics.median(at))
-                    low.append(min(at))
-                    high.append(max(at))
-            if not xs:
-                continue
-            style = "--" if method == "darts" else "-"
-            ax.plot(xs, mid, style, color=color, label=method)
-            ax.fill_between(xs, low, high, color=color, alpha=0.15)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colors = {"random-full": "tab:green", "tpe-full": "tab:blue", "tpe-pruned": "tab:red",
+              "darts": "black"}
+    for method, color in colors.items():
+        style = "--" if method == "darts" else "-"
+        for ax, key in zip(axes[:2], ("best_val", "test_of_best")):
+            points = curve(rows, method, key, trials)
+            if points:
+                xs, mid, low, high, _ = zip(*points)
+                ax.plot(xs, mid, style, color=color, label=method)
+                ax.fill_between(xs, low, high, color=color, alpha=0.12)
+        points = curve(rows, method, "best_val", trials if method != "darts" else 1)
+        if points:
+            _, mid, _, _, clock = zip(*points)
+            axes[2].plot(clock, mid, style + ("o" if method == "darts" else ""), color=color,
+                         label=method, drawstyle="steps-post")
     axes[0].set_title("best validation accuracy so far")
     axes[1].set_title("test accuracy of that pick")
-    for ax in axes:
+    axes[2].set_title("best validation accuracy vs wall clock")
+    for ax in axes[:2]:
         ax.set_xlabel("trials")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].set_xlabel("seconds, DARTS search included (median over seeds)")
+    for ax in axes:
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (median, min-max over seeds)")
-    axes[0].legend(loc="lower right")
+    axes[0].set_ylabel("accuracy: median, band = min-max over seeds")
+    axes[2].legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
