@@ -44,10 +44,29 @@ def set_rng_state(state: dict) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA where available, else the CPU; anything else is taken as given."""
+    """``auto`` is CUDA where available, else the CPU; anything else must name a device this
+    machine has (``cpu``, ``cuda``, ``cuda:N`` with ``N`` < the GPU count, ``mps`` where torch
+    has it), or a ValueError says what is available."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
-    return device
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device {name!r} is not a device: use auto, cpu, cuda or "
+                         "cuda:N") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {name!r} does not exist: this machine has {count} CUDA "
+                             f"device(s), cuda:0..cuda:{count - 1}")
+        return device
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {name!r} is not available in this torch build or machine")
+        return device
+    raise ValueError(f"device {name!r} is not supported: use auto, cpu, cuda or cuda:N")

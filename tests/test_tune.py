@@ -22,6 +22,7 @@ from fastnas import PRIMITIVES, Genotype, pipeline
 from fastnas.cli import main
 from fastnas.enas import ENASOptimizer
 from fastnas.enas.micro import MICRO_OPS, genotype_from_choices, loose_ends
+from fastnas.errors import NonFiniteError, UserError
 from fastnas.supernet import derive_genotype
 from fastnas.tune import (
     HPARAM_RANGES,
@@ -289,6 +290,26 @@ def test_a_rerun_fails_at_once_the_trials_of_a_dead_process_of_this_host(tmp_pat
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.FAIL] + [optuna.trial.TrialState.COMPLETE] * 2
     assert ran == [1, 2] and study.trials[1].params == study.trials[0].params
+
+
+def test_a_diverging_candidate_is_a_failed_trial_and_another_one_runs():
+    space = EdgeSpace.from_alphas(random_alphas(5), random_alphas(6))
+    study = optuna.create_study(direction="maximize", sampler=studies.make_sampler("random", 0, 0))
+    calls = []
+
+    def objective(trial):
+        calls.append(trial.number)
+        if len(calls) == 1:
+            raise NonFiniteError("train loss", 0, 3, float("nan"))
+        return _cheap(trial, space)
+
+    assert studies.run_trials(study, objective, trials=1) == [0, 1]
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    def diverges(trial):
+        raise NonFiniteError("train loss", 0, 0)
+
+    with pytest.raises(UserError, match="3 trials in a row diverged"):
+        studies.run_trials(study, diverges, trials=5, max_failures=3)
 
 
 # -- the command ----------------------------------------------------------------------------------

@@ -38,13 +38,17 @@ class Architect:
     (mixed precision); the finite-difference arithmetic itself is always done in fp32 or wider.
     ``loss_scale`` (fp16) is a zero-argument callable giving the factor every loss is multiplied
     by before differentiation and every gradient divided by right after; a step whose gradient
-    is not finite is skipped (``skipped_steps`` counts them).
+    is not finite is skipped (``skipped_steps`` counts them). ``check(quantity, value)``, if
+    given, vets the validation loss and the alpha gradient before they are used: it returns
+    False to skip the step or raises (``fastnas.engine.NonFiniteGuard``); with a loss scale,
+    non-finite gradients are the scale's business and are not passed to it.
     """
 
     def __init__(self, model: nn.Module, lr: float, betas=(0.5, 0.999), weight_decay: float = 1e-3,
                  order: int = 1, momentum: float = 0.9, network_weight_decay: float = 3e-4,
                  hessian_r: float = 0.01, autocast: Optional[Callable] = None,
-                 loss_scale: Optional[Callable[[], float]] = None):
+                 loss_scale: Optional[Callable[[], float]] = None,
+                 check: Optional[Callable[[str, object], bool]] = None):
         self.model = model
         self.order = order
         self.momentum = momentum
@@ -52,6 +56,7 @@ class Architect:
         self.hessian_r = hessian_r
         self.autocast = autocast or contextlib.nullcontext
         self.loss_scale = loss_scale
+        self.check = check
         self.skipped_steps = 0
         self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas,
                                           weight_decay=weight_decay)
@@ -82,22 +87,32 @@ class Architect:
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, train_batch, val_batch, xi: float, weight_optimizer: torch.optim.Optimizer):
-        """One Adam step on the alphas; returns ``(val_loss, val_logits)`` of the minimized loss."""
+        """One Adam step on the alphas; returns ``(val_loss, val_logits, applied)`` of the
+        minimized loss (``applied`` False: the step was skipped)."""
         alphas = self.model.alphas()
         if self.order == 1:
             loss, logits = self.loss(*val_batch)
+            if self.check is not None and not self.check("validation loss", loss.detach()):
+                return loss.detach(), logits.detach(), False
             grads = self._grad(loss, alphas)
         else:
             grads, loss, logits = self.unrolled_gradient(train_batch, val_batch, xi,
                                                          weight_optimizer)
-        if self.loss_scale is not None and not all(torch.isfinite(g).all() for g in grads):
-            self.skipped_steps += 1  # fp16 overflow: keep the alphas
-            return loss.detach(), logits.detach()
+        if self.loss_scale is not None:
+            if not all(torch.isfinite(g).all() for g in grads):
+                self.skipped_steps += 1  # fp16 overflow: keep the alphas
+                return loss.detach(), logits.detach(), False
+        elif self.check is not None:
+            if self.order == 2 and not self.check("validation loss", loss.detach()):
+                return loss.detach(), logits.detach(), False
+            if not self.check("alpha gradient", torch.stack([g.detach().abs().max()
+                                                             for g in grads])):
+                return loss.detach(), logits.detach(), False
         for a, g in zip(alphas, grads):
             a.grad = g.detach().to(a.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), logits.detach()
+        return loss.detach(), logits.detach(), True
 
     def virtual_weights(self, train_batch, xi: float, weight_optimizer) -> Dict[str, torch.Tensor]:
         """``w' = w - xi * (m * buf + grad_w L_train(w, a) + wd * w)`` as detached tensors."""

@@ -23,10 +23,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from ..checkpoint import load_checkpoint, write_json_atomic
+from ..checkpoint import check_kind, load_latest, write_json_atomic
 from ..console import duration, log, print_block
 from ..errors import UserError
 from ..genotypes import Genotype
+from ..interrupts import Terminated
 from ..pipeline import SEARCH_METHODS, Interrupted, StageOptions, prepare_output, search_stage
 from ..reproducibility import resolve_device
 from .config import TUNE_DEFAULTS, TuneConfig
@@ -68,15 +69,20 @@ class SearchRun:
 
 
 def load_search(folder: str) -> SearchRun:
-    """Rebuild the strategy of the search in ``folder`` from its ``checkpoint.pt``."""
+    """Rebuild the strategy of the search in ``folder`` from its ``checkpoint.pt`` (or the
+    previous generation, if the latest is unreadable)."""
     path = os.path.join(folder, "checkpoint.pt")
-    if not os.path.exists(path):
-        raise UserError(f"no search in {folder}: {path} does not exist (fastnas search "
-                        f"--output {folder} writes it)")
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or "run" not in state or "config" not in state \
-            or "genotype" in state:
-        raise UserError(f"{path} is not a fastnas search checkpoint")
+    try:
+        state, path = load_latest(path)
+    except UserError:
+        raise UserError(f"no search in {folder}: {path} does not exist or is unreadable "
+                        f"(fastnas search --output {folder} writes it)") from None
+    try:
+        check_kind(state, "search", source=path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if "run" not in state or "config" not in state:
+        raise UserError(f"{path} is not a checkpoint of the fastnas command line")
     method = state["run"].get("method", "darts")
     if method not in SPACES:
         raise UserError(f"{path}: cannot tune a {method!r} search")
@@ -181,11 +187,13 @@ def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
     try:
         ran = studies.run_trials(study, objective, config.trials,
                                  on_trial=None if options.quiet else _log_trial)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         finished = sum(t.state in studies.FINISHED for t in study.get_trials(deepcopy=False))
-        raise Interrupted(f"tune interrupted; study {name!r} in {studies.redact(url)} holds "
+        signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        how = "terminated (SIGTERM)" if signal == "SIGTERM" else "interrupted"
+        raise Interrupted(f"tune {how}; study {name!r} in {studies.redact(url)} holds "
                           f"{finished} finished trial(s); rerun the same command to continue",
-                          resumable=False) from None
+                          resumable=False, signal=signal) from None
     result = studies.TuneResult.of(study, ran)
     final = evaluate_best(result.best_genotype, result.best_hparams, config, tune_data, device,
                           options.workers or 0)

@@ -38,7 +38,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import UserError
+from ..errors import NonFiniteError, UserError
 from ..genotypes import Genotype
 from .config import TuneConfig
 from .objective import TuneData, make_objective
@@ -261,14 +261,17 @@ def fail_stale_trials(study: optuna.Study) -> List[int]:
 
 
 def run_trials(study: optuna.Study, objective: Callable, trials: int, poll: float = 1.0,
-               on_trial: Optional[Callable[[optuna.Study, FrozenTrial], None]] = None
-               ) -> List[int]:
+               on_trial: Optional[Callable[[optuna.Study, FrozenTrial], None]] = None,
+               max_failures: int = 5) -> List[int]:
     """Run trials until the study holds ``trials`` finished ones and no checkable trial runs
     (see the module docstring); returns the numbers of the trials this process ran.
-    ``on_trial(study, trial)`` runs after each. Ctrl-C fails the running trial, queues it again,
-    and raises KeyboardInterrupt."""
+    ``on_trial(study, trial)`` runs after each. A candidate whose training diverges
+    (``NonFiniteError``) is a failed trial and another one runs in its place; ``max_failures``
+    of them in a row are a UserError. Ctrl-C fails the running trial, queues it again, and
+    raises KeyboardInterrupt."""
     worker, mine = worker_id(), []
     heartbeat = _heartbeat(study)
+    failures = 0
 
     def run(trial) -> float:
         trial.set_user_attr("worker", worker)
@@ -283,13 +286,19 @@ def run_trials(study: optuna.Study, objective: Callable, trials: int, poll: floa
         if finished + len(running) < trials:
             count = len(mine)
             try:
-                study.optimize(run, n_trials=1)
+                study.optimize(run, n_trials=1, catch=(NonFiniteError,))
             except KeyboardInterrupt:
                 if len(mine) > count:
                     _retry(study, study.get_trials(deepcopy=False)[mine[-1]])
                 raise
-            if on_trial is not None and len(mine) > count:
-                on_trial(study, study.get_trials(deepcopy=False)[mine[-1]])
+            if len(mine) > count:
+                trial = study.get_trials(deepcopy=False)[mine[-1]]
+                failures = failures + 1 if trial.state == TrialState.FAIL else 0
+                if on_trial is not None:
+                    on_trial(study, trial)
+                if failures >= max_failures:
+                    raise UserError(f"{failures} trials in a row diverged (non-finite loss); "
+                                    "lower the learning rate or the trial budget's ranges")
             continue
         if not any(heartbeat or _local_pid(t) is not None for t in running):
             return mine
