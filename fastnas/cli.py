@@ -305,6 +305,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
                     if getattr(args, "search_" + k) is not None}
     if args.order is not None:
         search_given["order"] = args.order
+    if args.search is None:  # the guard flags apply to the fresh search
+        search_given.update({k: getattr(args, k) for k in GUARD_KEYS
+                             if getattr(args, k) is not None})
     tune_stage(_options(args), _given(args, TUNE_KEYS), _default_output(args, "tune"),
                method=args.source_method, source=args.search, search_given=search_given,
                storage=args.storage, study_name=args.study_name)

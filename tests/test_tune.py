@@ -38,9 +38,9 @@ from fastnas.tune.objective import validation_split
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--limit", "200", "--layers", "3", "--channels", "4", "--batch-size", "32",
-        "--quiet"]
+        "--quiet", "--no-plots"]
 TRIAL = ["--epochs", "1", "--layers", "3", "--channels", "4", "--batch-size", "32",
-         "--limit", "200", "--quiet"]
+         "--limit", "200", "--quiet", "--no-plots"]
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
