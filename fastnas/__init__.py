@@ -7,6 +7,7 @@ The layers, each importing only the ones below it (checked by import-linter, see
     pipeline, profiling,     stage runners (search, train) with checkpoints and metrics, the
       paper                  search-step profile, the DARTS paper's checkpoints
     reports                  alpha history, figures, Graphviz cells, TensorBoard
+    tune                     DARTS/ENAS, then Bayesian optimization (Optuna, optional)
     darts | enas | training  the search strategies and final training
     supernet | networks      the DARTS supernet (reference and fast) and the final networks
     genotypes                discrete architectures

@@ -45,6 +45,7 @@ from .pipeline import (
 )
 from .reports import PlotObserver, TensorBoardObserver, plot_run
 from .reproducibility import resolve_device
+from .tune import PRUNERS, SAMPLERS, SPACES, tune_stage
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -307,6 +308,83 @@ def _add_run_command(sub) -> None:
     p.set_defaults(handler=_cmd_run)
 
 
+TUNE_KEYS = ("trials", "k", "m", "sampler", "pruner", "startup_trials", "tune_hparams",
+             "heartbeat", "epochs", "layers", "channels", "batch_size", "learning_rate",
+             "weight_decay", "drop_path_prob", "val_fraction")
+TUNE_SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "seed")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    search_given = {k: getattr(args, "search_" + k) for k in TUNE_SEARCH_KEYS
+                    if getattr(args, "search_" + k) is not None}
+    if args.order is not None:
+        search_given["order"] = args.order
+    if args.search is None:  # the guard flags apply to the fresh search
+        search_given.update({k: getattr(args, k) for k in GUARD_KEYS
+                             if getattr(args, k) is not None})
+    tune_stage(_options(args), _given(args, TUNE_KEYS), _default_output(args, "tune"),
+               method=args.source_method, source=args.search, search_given=search_given,
+               storage=args.storage, study_name=args.study_name)
+    return 0
+
+
+def _add_tune_command(sub) -> None:
+    p = sub.add_parser("tune", help="DARTS/ENAS for the coarse search, Bayesian optimization "
+                                    "(Optuna) for the fine one",
+                       description="Prune the cell space to what a search found plausible, "
+                                   "search it with Optuna (short trainings scored on a "
+                                   "validation split), test the best once; writes "
+                                   "genotype.json, trials.csv and metrics.json. Needs Optuna: "
+                                   'pip install -e ".[tune]".')
+    g = p.add_argument_group("the search that prunes the space")
+    g.add_argument("--from", dest="source_method", choices=tuple(SPACES), default=None,
+                   help="search method (default: darts, or the one of --search)")
+    g.add_argument("--search", metavar="DIR", default=None,
+                   help="a fastnas search output folder (checkpoint.pt); default: search first, "
+                        "into OUTPUT/search")
+    for key, what in (("epochs", "epochs"), ("layers", "cells"), ("channels", "channels"),
+                      ("batch-size", "batch size"), ("seed", "seed")):
+        g.add_argument(f"--search-{key}", type=positive_int if key != "seed" else
+                       non_negative_int, metavar="N", help=f"fresh search: {what}")
+    g.add_argument("--order", type=int, choices=(1, 2), default=None,
+                   help="fresh DARTS search: first (1, default) or second order")
+    g.add_argument("--top-k", dest="k", type=_integer(2, "at least 2"), metavar="K",
+                   help="incoming edges (DARTS) or inputs (ENAS) kept per node (3)")
+    g.add_argument("--top-m", dest="m", type=positive_int, metavar="M",
+                   help="ops kept per edge (DARTS) or per node (ENAS), none excluded (3)")
+    g = p.add_argument_group("the study")
+    g.add_argument("--trials", type=positive_int, metavar="N",
+                   help="finished trials the study must hold (20); a rerun continues to N")
+    g.add_argument("--sampler", choices=SAMPLERS, help="tpe (default), gp or random")
+    g.add_argument("--pruner", choices=PRUNERS, help="median (default), hyperband or none")
+    g.add_argument("--startup-trials", type=non_negative_int, metavar="N",
+                   help="random trials before TPE/GP model, and before median pruning (5)")
+    g.add_argument("--tune-hparams", action="store_true", default=None,
+                   help="search learning rate, weight decay and drop path with the cell")
+    g.add_argument("--storage", metavar="URL",
+                   help="Optuna storage: sqlite:///FILE, postgresql://..., mysql://..., "
+                        "journal:FILE (default: sqlite OUTPUT/study.db)")
+    g.add_argument("--study-name", metavar="NAME", help="study name (default: fastnas-tune)")
+    g.add_argument("--heartbeat", type=positive_int, metavar="S",
+                   help="database storages: heartbeat period; trials silent for 2*S seconds "
+                        "are failed and retried (10)")
+    g = p.add_argument_group("each trial (digits: 5 epochs, 3 cells, 8 channels, batch 64)")
+    g.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs")
+    g.add_argument("--layers", type=_integer(3, "at least 3"), metavar="L", help="cells")
+    g.add_argument("--channels", type=positive_int, metavar="C", help="initial channels")
+    g.add_argument("--batch-size", type=positive_int, metavar="B", help="batch size")
+    g.add_argument("--learning-rate", type=_number(0, low_open=True, high=None), metavar="LR",
+                   help="SGD learning rate, cosine to 0 (0.025)")
+    g.add_argument("--weight-decay", type=_number(0, high=None), metavar="WD",
+                   help="weight decay (3e-4)")
+    g.add_argument("--drop-path", dest="drop_path_prob", type=_number(0, 1), metavar="P",
+                   help="drop path probability (0)")
+    g.add_argument("--val-fraction", type=_number(0, 1, low_open=True), metavar="F",
+                   help="share of the train split that validates the trials (0.2)")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_tune)
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     written = plot_run(args.run_dir)
     folders = sorted({os.path.dirname(p) for p in written})
@@ -418,7 +496,8 @@ def _add_convert_paper_command(sub) -> None:
 
 COMMANDS: List[Callable[[Any], None]] = [_add_search_command, _add_train_command,
                                          _add_run_command, _add_plot_command,
-                                         _add_profile_command, _add_convert_paper_command]
+                                         _add_profile_command, _add_convert_paper_command,
+                                         _add_tune_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -174,6 +174,7 @@ def test_the_tree_shows_the_layers():
                            ("supernet", {"reference", "fast", "recompute", "stages"}),
                            ("darts", {"architect", "config", "optimizer", "precision"}),
                            ("reports", {"alphas", "cells", "extras", "figures", "plots",
-                                        "tensorboard"})):
+                                        "tensorboard"}),
+                           ("tune", {"config", "objective", "space", "stage", "study"})):
         names = {n[:-3] for n in os.listdir(os.path.join(FASTNAS, package)) if n.endswith(".py")}
         assert names - {"__init__"} == parts, package
