@@ -16,7 +16,8 @@ FAULT is one of
 - ``disk-full:N``: the N-th checkpoint write fails as ``torch.save`` does on a full disk;
 - ``kill-step-once:N:MARKER:RANK`` (under torchrun): SIGKILL rank RANK at its N-th step unless
   the file MARKER exists, which it creates first (a restarted worker runs on);
-- ``raise-step:N:RANK`` (under torchrun): rank RANK raises at its N-th step.
+- ``raise-step:N:RANK`` (under torchrun): rank RANK raises at its N-th step;
+- ``kill-trial:T:E`` (``fastnas tune``): SIGKILL right after trial T reported epoch E.
 
 Faults hook the library's own functions in this process only, so the code under test is the
 code that runs in production. In-process tests call ``install(fault, monkeypatch.setattr)`` so
@@ -50,6 +51,18 @@ def install(fault: str, patch=setattr) -> None:
     if kind == "none":
         return
     rank = int(os.environ.get("RANK", "0"))
+    if kind == "kill-trial":
+        import optuna
+
+        number, epoch = (int(n) for n in arg.split(":"))
+        report = optuna.trial.Trial.report
+
+        def reported(trial, value, step):
+            report(trial, value, step)
+            if trial.number == number and step == epoch:
+                die()
+        patch(optuna.trial.Trial, "report", reported)
+        return
     if kind == "kill-step-once":
         at, marker, victim = arg.split(":")
         if rank != int(victim) or os.path.exists(marker):

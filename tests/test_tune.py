@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -429,27 +428,21 @@ def test_two_processes_share_one_sqlite_study(darts_search, tmp_path):
 
 
 def test_a_killed_process_loses_only_its_running_trial(darts_search, tmp_path):
+    """The process is killed (SIGKILL, by tests/fault_runner.py) right after trial 1 reported its
+    first epoch: exactly then, not by luck of timing."""
     storage = f"sqlite:///{tmp_path}/k.db"
     out = str(tmp_path / "k")
-    proc = _tune_process(darts_search, out, storage, 2,
-                         ["--epochs", "3", "--pruner", "none", "--sampler", "random"])
-    killed = None
-    try:
-        while killed is None and proc.poll() is None:
-            time.sleep(0.05)
-            try:
-                trials = optuna.load_study(study_name="fastnas-tune", storage=storage).trials
-            except Exception:  # the study does not exist yet
-                continue
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING
-                       and t.intermediate_values and "worker" in t.user_attrs]
-            if trials and trials[0].state == optuna.trial.TrialState.COMPLETE and running:
-                os.kill(proc.pid, signal.SIGKILL)
-                killed = running[0]
-    finally:
-        proc.kill()
-        proc.communicate()
-    assert killed is not None, "the process finished before a trial could be killed mid-way"
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "fault_runner.py"), "kill-trial:1:0", "--",
+         "tune", "--search", darts_search, "--trials", "2", "--storage", storage, "--output", out,
+         *TRIAL, "--epochs", "3", "--pruner", "none", "--sampler", "random"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    trials = optuna.load_study(study_name="fastnas-tune", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE,
+                                         optuna.trial.TrialState.RUNNING]
+    killed = trials[1]
 
     command = ["tune", "--search", darts_search, "--trials", "2", "--storage", storage,
                "--output", out, *TRIAL, "--epochs", "3", "--pruner", "none", "--sampler",
