@@ -29,7 +29,7 @@ setup(
         # optional dependencies, for their tests.
         "dev": ["pytest>=7", "pytest-benchmark>=4", "pytest-cov>=4", "ruff>=0.5",
                 "import-linter>=2.1", "matplotlib>=3.5", "tensorboard>=2.10", "optuna>=4.9",
-                "scipy"],
+                "scipy", "tomli; python_version < '3.11'"],
     },
     entry_points={"console_scripts": ["fastnas=fastnas.cli:main"]},
 )

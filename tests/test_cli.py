@@ -63,7 +63,7 @@ def test_digits_search_then_train_reaches_90_percent(tmp_path, capsys):
     search_dir, train_dir = tmp_path / "search", tmp_path / "train"
     assert main(["search", "--method", "darts", "--dataset", "digits", "--epochs", "3",
                  "--layers", "5", "--channels", "8", "--output", str(search_dir),
-                 "--quiet"]) == 0
+                 "--quiet", "--no-plots"]) == 0
     out = capsys.readouterr().out
     assert "search finished" in out and str(search_dir / "genotype.json") in out
     genotype = Genotype.load(str(search_dir / "genotype.json"))
@@ -77,7 +77,7 @@ def test_digits_search_then_train_reaches_90_percent(tmp_path, capsys):
     assert os.path.exists(search_dir / "checkpoint.pt")
 
     assert main(["train", "--genotype", str(search_dir / "genotype.json"), "--epochs", "15",
-                 "--output", str(train_dir), "--quiet"]) == 0
+                 "--output", str(train_dir), "--quiet", "--no-plots"]) == 0
     out = capsys.readouterr().out
     trained = _read_json(train_dir / "metrics.json")
     print(f"searched val accuracy {searched['val_accuracy']:.4f}, "
