@@ -99,8 +99,23 @@ def init(backend: Optional[str] = None, timeout_s: float = DEFAULT_TIMEOUT_S,
     if backend == "nccl" and not use_cuda:
         raise ValueError("--dist-backend nccl needs CUDA devices; use gloo on the CPU")
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend, store=_attempt_store(timeout), rank=launch.rank,
+                                world_size=launch.world_size, timeout=timeout)
     return launch, device
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store:
+    """torchrun's store (``env://``), its keys prefixed by the restart attempt.
+
+    Under torchrun's default static rendezvous the agent keeps one store for every restart, and
+    ``env://`` adds no per-attempt prefix: after an elastic restart a rank can read the listening
+    address that a peer of the *previous* attempt published (now closed), and gloo's connect
+    fails with "Connection refused". The prefix ``TORCHELASTIC_RESTART_COUNT`` makes each attempt
+    see only its own keys (harmless under the c10d rendezvous, which builds a new store)."""
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"fastnas/attempt_{attempt}", store)
 
 
 def shutdown() -> None:
