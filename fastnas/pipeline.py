@@ -122,7 +122,8 @@ _COMMON_KEYS = {"epochs": "epochs", "channels": "channels", "batch_size": "batch
                 "seed": "seed"}
 SEARCH_METHODS: Dict[str, SearchMethod] = {
     "darts": SearchMethod("darts", DARTSOptimizer,
-                          {**_COMMON_KEYS, "layers": "layers", "order": "order"},
+                          {**_COMMON_KEYS, "layers": "layers", "order": "order",
+                           "compile": "compile"},
                           scored="supernet"),
     "enas": SearchMethod("enas", ENASOptimizer, {**_COMMON_KEYS, "layers": "num_layers"},
                          scored="derived child with the shared weights"),

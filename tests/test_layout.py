@@ -170,7 +170,8 @@ def test_the_tree_shows_the_layers():
     for package, parts in (("ops", {"primitives", "plan"}),
                            ("ops/functional", {"batch_norm", "conv_blocks", "depthwise",
                                                "grad_edges", "node_sum", "pointwise"}),
-                           ("supernet", {"reference", "fast", "recompute", "stages"}),
+                           ("supernet", {"reference", "fast", "recompute", "stages",
+                                         "compiled", "launches"}),
                            ("darts", {"architect", "config", "optimizer", "precision"})):
         names = {n[:-3] for n in os.listdir(os.path.join(FASTNAS, package)) if n.endswith(".py")}
         assert names - {"__init__"} == parts, package
