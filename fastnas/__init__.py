@@ -4,7 +4,10 @@ The layers, each importing only the ones below it (checked by import-linter, see
 ``pyproject.toml``)::
 
     cli                      the ``fastnas`` command line
-    pipeline, profiling      stage runners (search, train) with checkpoints and metrics
+    pipeline, profiling,     stage runners (search, train) with checkpoints and metrics, the
+      paper                  search-step profile, the DARTS paper's checkpoints
+    reports                  alpha history, figures, Graphviz cells, TensorBoard
+    tune                     DARTS/ENAS, then Bayesian optimization (Optuna, optional)
     darts | enas | training  the search strategies and final training
     supernet | networks      the DARTS supernet (reference and fast) and the final networks
     genotypes                discrete architectures
@@ -53,6 +56,7 @@ from .errors import UserError  # noqa: E402
 from .genotypes import Genotype  # noqa: E402
 from .networks import NetworkCIFAR, NetworkImageNet  # noqa: E402
 from .ops import OPS, PRIMITIVES  # noqa: E402
+from .paper import load_paper_state_dict  # noqa: E402
 from .supernet import FastSearchNetwork, MixedOp, SearchCell, SearchNetwork  # noqa: E402
 from .training import (  # noqa: E402
     FinalTrainer,
@@ -80,5 +84,5 @@ __all__ = [
     "FastSearchNetwork", "FinalTrainer", "Genotype", "MacroArch", "MacroNetwork", "MixedOp",
     "NetworkCIFAR", "NetworkImageNet", "OPS", "PRIMITIVES", "SearchCell", "SearchNetwork",
     "TrainConfig", "UserError", "count_multiply_adds", "count_parameters", "data", "enas",
-    "genotypes", "load_model", "train_genotype",
+    "genotypes", "load_model", "load_paper_state_dict", "train_genotype",
 ]

@@ -3,13 +3,20 @@
     fastnas run --dataset digits                  # the whole pipeline, minutes on a laptop CPU
     fastnas search --method darts --dataset cifar10 --data-dir data
     fastnas train --genotype runs/cifar10-search/genotype.json --dataset cifar10
+    fastnas plot runs/digits-run                  # cells, alphas and curves into plots/
+    fastnas profile --batch-size 8 --compare      # time and peak memory of a search step
+    fastnas convert-paper weights.pt model.pt --genotype DARTS_V2
 
-The stages themselves (data, checkpoints, metrics, resume policy) are ``fastnas.pipeline``'s;
-this module maps flags to their settings. A subcommand is one ``_add_<name>_command`` function
-in ``COMMANDS``.
+The stages themselves (data, checkpoints, metrics, resume policy) are ``fastnas.pipeline``'s,
+the figures and TensorBoard ``fastnas.reports``', the profile ``fastnas.profiling``'s and the
+paper's checkpoints ``fastnas.paper``'s; this module maps flags to their settings. A subcommand
+is one ``_add_<name>_command`` function in ``COMMANDS``.
 
-Exit statuses: 0 done; 2 bad input (``UserError``, printed as one ``fastnas: error: ...``
-line); 1 an operating-system error (e.g. a full disk); 130 Ctrl-C (with the resume command).
+Exit statuses (``EXIT``): 0 done; 1 a file could not be written (full disk, permissions) or
+another operating-system error; 2 bad input (``UserError``, printed as one
+``fastnas: error: ...`` line); 3 a NaN or Inf loss, gradient or weight stopped a stage; 130
+Ctrl-C and 143 SIGTERM (with the command that resumes). Nothing prints a traceback unless
+``FASTNAS_DEBUG=1``.
 """
 from __future__ import annotations
 
@@ -21,9 +28,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
-from . import __version__, data
-from .errors import UserError
+from . import __version__, data, distributed, profiling
+from .checkpoint import write_json_atomic
+from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
+from .interrupts import handle_termination
+from .paper import convert_paper_checkpoint
 from .pipeline import (
     SEARCH_METHODS,
     Interrupted,
@@ -33,6 +43,9 @@ from .pipeline import (
     search_stage,
     train_stage,
 )
+from .reports import PlotObserver, TensorBoardObserver, plot_run
+from .reproducibility import resolve_device
+from .tune import PRUNERS, SAMPLERS, SPACES, tune_stage
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -66,6 +79,30 @@ def _number(low: float, high: Optional[float] = None, low_open=False, high_open=
 
 positive_int = _integer(1, "positive")
 non_negative_int = _integer(0, "non-negative")
+EXIT = {"ok": 0, "os": 1, "usage": 2, "nonfinite": 3, "SIGINT": 130, "SIGTERM": 143}
+CPUS = os.cpu_count() or 1
+MAX_THREADS = 4 * CPUS   # oversubscribing the cores further only thrashes
+MAX_WORKERS = max(8, 2 * CPUS)   # each loader worker is a process holding a copy of the data
+
+
+def _bounded(high: int, what: str) -> Callable[[str], int]:
+    parse = _integer(0 if what == "workers" else 1, "non-negative" if what == "workers"
+                     else "positive")
+
+    def bounded(text: str) -> int:
+        value = parse(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(
+                f"{value} {what} is more than this machine can use ({CPUS} CPUs: at most "
+                f"{high})")
+        return value
+    return bounded
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, got an empty string")
+    return text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,16 +127,47 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="random seed (default: 2 for search, 0 for training, as the paper)")
     g.add_argument("--device", default="auto",
                    help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)")
-    g.add_argument("--workers", type=non_negative_int, default=None, metavar="N",
-                   help="data loader processes (default: 0 for digits, up to 4 for cifar10)")
-    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="PyTorch CPU threads (default: 1 for digits, PyTorch's own for cifar10)")
-    g.add_argument("--output", default=None, metavar="DIR",
+    g.add_argument("--workers", type=_bounded(MAX_WORKERS, "workers"), default=None, metavar="N",
+                   help="data loader processes (default: 0 for digits, up to 4 for cifar10; "
+                        f"at most {MAX_WORKERS} here)")
+    g.add_argument("--threads", type=_bounded(MAX_THREADS, "threads"), default=None, metavar="N",
+                   help="PyTorch CPU threads (default: 1 for digits, PyTorch's own for cifar10; "
+                        f"at most {MAX_THREADS} here)")
+    g.add_argument("--output", type=_folder, default=None, metavar="DIR",
                    help="output folder (default: runs/<dataset>-<command>)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in --output (starts anew if there is none)")
+    g.add_argument("--on-nonfinite", choices=("stop", "skip"), default=None,
+                   help="a NaN/Inf loss, gradient or weight: stop the stage (default, exit 3) or "
+                        "skip that step's update")
+    g.add_argument("--max-nonfinite-skips", type=positive_int, default=None, metavar="N",
+                   help="with --on-nonfinite skip: stop after N skipped steps in a row (10)")
+    g.add_argument("--resume", nargs="?", const="auto", choices=("auto",), default=None,
+                   help="continue from the checkpoint in --output, or start anew if there is none "
+                        "(`--resume` = `--resume auto`; the default under torchrun, so that "
+                        "restarted workers resume by themselves)")
+    g.add_argument("--no-resume", dest="resume", action="store_const", const="no",
+                   help="start anew even under torchrun (an existing checkpoint is overwritten)")
+    d = p.add_argument_group("distributed (under torchrun)")
+    d.add_argument("--dist-backend", choices=distributed.BACKENDS, default=None,
+                   help="collective backend (default: nccl on CUDA, gloo on the CPU)")
+    d.add_argument("--dist-timeout", type=_number(0, low_open=True, high=None), metavar="S",
+                   default=distributed.DEFAULT_TIMEOUT_S,
+                   help="seconds a collective may wait before the run stops: a rank that failed "
+                        f"never hangs the others (default {distributed.DEFAULT_TIMEOUT_S:g})")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bars; one log line per epoch")
+    _add_report_options(p)
+
+
+def _add_report_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("plots and TensorBoard")
+    g.add_argument("--no-plots", dest="plots", action="store_false",
+                   help="do not draw the figures into DIR/plots/ at the end (they need "
+                        "matplotlib)")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="log scalars, alphas and the genotype per epoch for TensorBoard")
+    g.add_argument("--log-dir", metavar="DIR", default=None,
+                   help="TensorBoard folder (implies --tensorboard; events in DIR/search and "
+                        "DIR/train; default: the stage folder's tensorboard/)")
 
 
 def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -148,12 +216,15 @@ def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="cutout square side, 0 for none (digits: 0, cifar10: 16)")
     g.add_argument("--grad-clip", type=_number(0, low_open=True, high=None), metavar="NORM",
                    help="gradient norm clip (5)")
+    g.add_argument("--sync-bn", action="store_true", default=None,
+                   help="under torchrun on GPUs: SyncBatchNorm (statistics over all ranks)")
 
 
-SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", "compile")
+GUARD_KEYS = ("on_nonfinite", "max_nonfinite_skips")
+SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", "compile", *GUARD_KEYS)
 TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr_min", "momentum",
               "weight_decay", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
-              "grad_clip")
+              "grad_clip", "sync_bn", *GUARD_KEYS)
 
 
 def _given(args: argparse.Namespace, keys, prefix: str = "") -> Dict[str, Any]:
@@ -171,9 +242,18 @@ def _given(args: argparse.Namespace, keys, prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _observers(args: argparse.Namespace) -> list:
+    observers: list = [PlotObserver()] if args.plots else []
+    if args.tensorboard or args.log_dir is not None:
+        observers.append(TensorBoardObserver(args.log_dir))
+    return observers
+
+
 def _options(args: argparse.Namespace) -> StageOptions:
+    resume = args.resume == "auto" or (args.resume is None and distributed.active())
     return StageOptions(args.dataset, args.data_dir, args.download, args.limit, args.device,
-                        args.workers, args.threads, args.resume, args.quiet)
+                        args.workers, args.threads, resume, args.quiet,
+                        observers=_observers(args))
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -231,8 +311,196 @@ def _add_run_command(sub) -> None:
     p.set_defaults(handler=_cmd_run)
 
 
+TUNE_KEYS = ("trials", "k", "m", "sampler", "pruner", "startup_trials", "tune_hparams",
+             "heartbeat", "epochs", "layers", "channels", "batch_size", "learning_rate",
+             "weight_decay", "drop_path_prob", "val_fraction")
+TUNE_SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "seed")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    search_given = {k: getattr(args, "search_" + k) for k in TUNE_SEARCH_KEYS
+                    if getattr(args, "search_" + k) is not None}
+    if args.order is not None:
+        search_given["order"] = args.order
+    if args.search is None:  # the guard flags apply to the fresh search
+        search_given.update({k: getattr(args, k) for k in GUARD_KEYS
+                             if getattr(args, k) is not None})
+    tune_stage(_options(args), _given(args, TUNE_KEYS), _default_output(args, "tune"),
+               method=args.source_method, source=args.search, search_given=search_given,
+               storage=args.storage, study_name=args.study_name)
+    return 0
+
+
+def _add_tune_command(sub) -> None:
+    p = sub.add_parser("tune", help="DARTS/ENAS for the coarse search, Bayesian optimization "
+                                    "(Optuna) for the fine one",
+                       description="Prune the cell space to what a search found plausible, "
+                                   "search it with Optuna (short trainings scored on a "
+                                   "validation split), test the best once; writes "
+                                   "genotype.json, trials.csv and metrics.json. Needs Optuna: "
+                                   'pip install -e ".[tune]".')
+    g = p.add_argument_group("the search that prunes the space")
+    g.add_argument("--from", dest="source_method", choices=tuple(SPACES), default=None,
+                   help="search method (default: darts, or the one of --search)")
+    g.add_argument("--search", metavar="DIR", default=None,
+                   help="a fastnas search output folder (checkpoint.pt); default: search first, "
+                        "into OUTPUT/search")
+    for key, what in (("epochs", "epochs"), ("layers", "cells"), ("channels", "channels"),
+                      ("batch-size", "batch size"), ("seed", "seed")):
+        g.add_argument(f"--search-{key}", type=positive_int if key != "seed" else
+                       non_negative_int, metavar="N", help=f"fresh search: {what}")
+    g.add_argument("--order", type=int, choices=(1, 2), default=None,
+                   help="fresh DARTS search: first (1, default) or second order")
+    g.add_argument("--top-k", dest="k", type=_integer(2, "at least 2"), metavar="K",
+                   help="incoming edges (DARTS) or inputs (ENAS) kept per node (3)")
+    g.add_argument("--top-m", dest="m", type=positive_int, metavar="M",
+                   help="ops kept per edge (DARTS) or per node (ENAS), none excluded (3)")
+    g = p.add_argument_group("the study")
+    g.add_argument("--trials", type=positive_int, metavar="N",
+                   help="finished trials the study must hold (20); a rerun continues to N")
+    g.add_argument("--sampler", choices=SAMPLERS, help="tpe (default), gp or random")
+    g.add_argument("--pruner", choices=PRUNERS, help="median (default), hyperband or none")
+    g.add_argument("--startup-trials", type=non_negative_int, metavar="N",
+                   help="random trials before TPE/GP model, and before median pruning (5)")
+    g.add_argument("--tune-hparams", action="store_true", default=None,
+                   help="search learning rate, weight decay and drop path with the cell")
+    g.add_argument("--storage", metavar="URL",
+                   help="Optuna storage: sqlite:///FILE, postgresql://..., mysql://..., "
+                        "journal:FILE (default: sqlite OUTPUT/study.db)")
+    g.add_argument("--study-name", metavar="NAME", help="study name (default: fastnas-tune)")
+    g.add_argument("--heartbeat", type=positive_int, metavar="S",
+                   help="database storages: heartbeat period; trials silent for 2*S seconds "
+                        "are failed and retried (10)")
+    g = p.add_argument_group("each trial (digits: 5 epochs, 3 cells, 8 channels, batch 64)")
+    g.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs")
+    g.add_argument("--layers", type=_integer(3, "at least 3"), metavar="L", help="cells")
+    g.add_argument("--channels", type=positive_int, metavar="C", help="initial channels")
+    g.add_argument("--batch-size", type=positive_int, metavar="B", help="batch size")
+    g.add_argument("--learning-rate", type=_number(0, low_open=True, high=None), metavar="LR",
+                   help="SGD learning rate, cosine to 0 (0.025)")
+    g.add_argument("--weight-decay", type=_number(0, high=None), metavar="WD",
+                   help="weight decay (3e-4)")
+    g.add_argument("--drop-path", dest="drop_path_prob", type=_number(0, 1), metavar="P",
+                   help="drop path probability (0)")
+    g.add_argument("--val-fraction", type=_number(0, 1, low_open=True), metavar="F",
+                   help="share of the train split that validates the trials (0.2)")
+    _add_common(p)
+    p.set_defaults(handler=_cmd_tune)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    written = plot_run(args.run_dir)
+    folders = sorted({os.path.dirname(p) for p in written})
+    print(f"{len(written)} files in {', '.join(folders)}")
+    return 0
+
+
+def _add_plot_command(sub) -> None:
+    p = sub.add_parser("plot", help="draw a run's cells, alphas and curves (into DIR/plots/)",
+                       description="Write the figures of a search, train or run folder into "
+                                   "its plots/ folder: cell_normal, cell_reduce (also as "
+                                   "Graphviz .dot), alphas, curves and, for ENAS, controller; "
+                                   "PNG and SVG. Needs matplotlib (pip install -e \".[plot]\").")
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="a folder written by fastnas search, train or run")
+    p.set_defaults(handler=_cmd_plot)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = str(resolve_device(args.device))
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--device {args.device}: {e}") from None
+    config = dict(supernet=args.supernet, precision=args.precision,
+                  checkpointing=args.checkpointing, order=args.order, channels=args.channels,
+                  layers=args.layers, device=device, seed=0)
+    batch_size = args.batch_size or (64 if device.startswith("cuda") else 8)
+    sizes = dict(batch_size=batch_size, image_size=args.image_size, warmup=args.warmup,
+                 steps=args.steps)
+    try:
+        reports = profiling.profile_supernets(config, compare=args.compare, **sizes)
+    except (TypeError, ValueError) as e:
+        raise UserError(str(e)) from None
+    print(profiling.format_table(reports))
+    for report in reports:
+        print(f"\nsupernet {report.supernet}: {profiling.format_breakdown(report)}")
+    if args.json:
+        write_json_atomic({"settings": dict(config, **sizes),
+                           "rows": [r.to_dict() for r in reports]}, args.json)
+        print(f"\ntable as JSON: {args.json}")
+    if args.trace:
+        profiling.trace_search_steps(config, args.trace, **sizes)
+        print(f"torch.profiler trace of {args.steps} step(s): {args.trace} "
+              "(open in ui.perfetto.dev)")
+    return 0
+
+
+def _add_profile_command(sub) -> None:
+    p = sub.add_parser("profile", help="time and peak memory of a DARTS search step",
+                       description="Run a few DARTS search steps on synthetic data and print "
+                                   "the median time per step, steps per second and the peak "
+                                   "memory growth of a step (CUDA max_memory_allocated on a "
+                                   "GPU, peak RSS on the CPU), then the activations kept for "
+                                   "backward per cell and per op.")
+    g = p.add_argument_group("search settings")
+    g.add_argument("--supernet", choices=("fast", "reference"), default="fast",
+                   help="fast (fused, default) or reference (a module per op)")
+    g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64"), default="fp32")
+    g.add_argument("--checkpointing", action="store_true",
+                   help="recompute activations in backward")
+    g.add_argument("--order", type=int, choices=(1, 2), default=1,
+                   help="1: first-order DARTS (default), 2: second-order")
+    g.add_argument("--batch-size", type=positive_int, metavar="B",
+                   help="default: 8 on the CPU, 64 on CUDA")
+    g.add_argument("--channels", type=positive_int, default=16, metavar="C",
+                   help="initial channels (default: 16, the paper's search)")
+    g.add_argument("--layers", type=positive_int, default=8, metavar="L",
+                   help="cells (default: 8)")
+    g.add_argument("--image-size", type=positive_int, default=32, metavar="N",
+                   help="synthetic NxN RGB images (default: 32)")
+    g = p.add_argument_group("measurement and output")
+    g.add_argument("--steps", type=positive_int, default=3, metavar="N",
+                   help="timed steps; the table shows their median (default: 3)")
+    g.add_argument("--warmup", type=non_negative_int, default=1, metavar="N",
+                   help="untimed steps first (default: 1)")
+    g.add_argument("--compare", action="store_true",
+                   help="add a row for the reference supernet at the same settings")
+    g.add_argument("--json", metavar="FILE", help="also write the table as JSON")
+    g.add_argument("--trace", metavar="FILE",
+                   help="also write a torch.profiler Chrome trace of the timed steps")
+    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="PyTorch CPU threads (default: PyTorch's own)")
+    p.set_defaults(handler=_cmd_profile)
+
+
+def _cmd_convert_paper(args: argparse.Namespace) -> int:
+    genotype = resolve_genotype(args.genotype)
+    shape = convert_paper_checkpoint(args.source, args.target, genotype)
+    print(f"{args.target}: NetworkCIFAR(C={shape['channels']}, layers={shape['layers']}, "
+          f"classes={shape['num_classes']}, auxiliary={shape['auxiliary']}) with "
+          f"{args.genotype}; load it with fastnas.load_model")
+    return 0
+
+
+def _add_convert_paper_command(sub) -> None:
+    p = sub.add_parser("convert-paper", help="convert a DARTS paper checkpoint to fastnas",
+                       description="Rename the tensors of a NetworkCIFAR checkpoint of the DARTS "
+                                   "paper's code into a fastnas model file (fastnas.load_model "
+                                   "reads it). A name that fits no rule is an error.")
+    p.add_argument("source", metavar="IN.pt", help="the paper's checkpoint (a state_dict)")
+    p.add_argument("target", metavar="OUT.pt", help="the fastnas model file to write")
+    p.add_argument("--genotype", required=True, metavar="FILE|NAME",
+                   help="the cell it was trained with, e.g. DARTS_V2, or a genotype file")
+    p.set_defaults(handler=_cmd_convert_paper)
+
+
 COMMANDS: List[Callable[[Any], None]] = [_add_search_command, _add_train_command,
-                                         _add_run_command]
+                                         _add_run_command, _add_plot_command,
+                                         _add_profile_command, _add_convert_paper_command,
+                                         _add_tune_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,37 +514,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_command(argv: List[str]) -> str:
+    return shlex.join(["fastnas", *argv] + ([] if "--resume" in argv else ["--resume"]))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of the ``fastnas`` console script; returns the exit status."""
+    """Entry point of the ``fastnas`` console script; returns the exit status (``EXIT``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     threads = torch.get_num_threads()
+    debug = os.environ.get("FASTNAS_DEBUG", "") not in ("", "0")
+
+    def fail(message: str, status: str) -> int:
+        if distributed.active():  # every rank prints its own line, named
+            message = message.replace("fastnas:", f"fastnas (rank {distributed.rank()}):", 1)
+        print(message, file=sys.stderr, flush=True)
+        return EXIT[status]
+
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        if args.command is None:
-            commands = ", ".join(args.command_names)
-            raise UserError(f"missing command, one of: {commands} (see fastnas --help)")
-        return args.handler(args)
+        with handle_termination():
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.command is None:
+                commands = ", ".join(args.command_names)
+                raise UserError(f"missing command, one of: {commands} (see fastnas --help)")
+            if distributed.launched() is not None and hasattr(args, "dist_backend"):
+                try:
+                    _, args.device = distributed.init(args.dist_backend, args.dist_timeout,
+                                                      args.device)
+                except ValueError as e:
+                    raise UserError(str(e)) from None
+            return args.handler(args)
     except UserError as e:
-        print(f"fastnas: error: {e}", file=sys.stderr)
-        return 2
+        return fail(f"fastnas: error: {e}", "usage")
+    except NonFiniteError as e:
+        return fail(f"fastnas: {e}", "nonfinite")
     except Interrupted as e:
-        message = f"fastnas: {e}"
-        if e.resumable:
-            command = ["fastnas", *argv] + ([] if "--resume" in argv else ["--resume"])
-            message += f"; resume with: {shlex.join(command)}"
-        print(message, file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("fastnas: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:  # e.g. the disk filled up while writing a checkpoint
-        print(f"fastnas: error: {e}", file=sys.stderr)
-        return 1
+        resume = f"; resume with: {_resume_command(argv)}" if e.resumable else ""
+        return fail(f"fastnas: {e}{resume}", e.signal)
+    except KeyboardInterrupt as e:  # outside a stage: nothing to resume
+        signal_name = "SIGTERM" if type(e).__name__ == "Terminated" else "SIGINT"
+        return fail("fastnas: " + ("terminated (SIGTERM)" if signal_name == "SIGTERM"
+                                   else "interrupted"), signal_name)
+    except CheckpointWriteError as e:
+        return fail(f"fastnas: error: {e}", "os")
+    except OSError as e:
+        return fail(f"fastnas: error: {e.strerror or e}" + (
+            f": {e.filename}" if getattr(e, "filename", None) else ""), "os")
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
+    except Exception as e:  # a bug, or a peer that died: one line, the traceback on request
+        if debug:
+            raise
+        if distributed.collective_failure(e):
+            return fail("fastnas: error: a collective failed or timed out: another rank stopped "
+                        "(see its message above)", "os")
+        return fail(f"fastnas: internal error: {type(e).__name__}: {e} (run with FASTNAS_DEBUG=1 "
+                    "for the traceback, and please report it)", "os")
     finally:
         torch.set_num_threads(threads)
+        distributed.shutdown()
 
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT", "build_parser", "main"]

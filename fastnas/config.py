@@ -163,5 +163,15 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["Config", "check_bool", "check_choice", "check_device", "check_float", "check_int",
-           "choice", "device", "flag", "integer", "number"]
+@dataclasses.dataclass
+class LoopConfig(Config):
+    """Settings every training loop shares (DARTS, ENAS, final training): what a NaN or Inf
+    loss, gradient norm or weight does. ``stop`` (default) stops with ``NonFiniteError``;
+    ``skip`` drops that step's update and stops after ``max_nonfinite_skips`` in a row."""
+
+    on_nonfinite: str = choice("stop", ("stop", "skip"))
+    max_nonfinite_skips: int = integer(10, low=1)
+
+
+__all__ = ["Config", "LoopConfig", "check_bool", "check_choice", "check_device", "check_float",
+           "check_int", "choice", "device", "flag", "integer", "number"]

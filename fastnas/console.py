@@ -4,7 +4,7 @@
 screen and a batch bar below it shows the running loss and accuracy of the epoch in progress.
 Without (``--quiet``, or stderr redirected to a file), each finished epoch prints one line that
 a log keeps readable. ``log`` writes one line to stderr; ``print_block`` the indented summary
-that ends every command.
+that ends every command. Under torchrun only rank 0 shows any of it.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import sys
 from typing import Any, List, Optional, TextIO, Tuple
 
 from tqdm import tqdm
+
+from . import distributed
 
 
 class Progress:
@@ -22,6 +24,8 @@ class Progress:
                  stream: Optional[TextIO] = None):
         self.stage, self.total = stage, total_epochs
         self.steps_per_epoch = steps_per_epoch
+        self.silent = not distributed.is_main()
+        bars = False if self.silent else bars
         self.stream = stream if stream is not None else sys.stderr
         if bars is None:
             bars = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -56,7 +60,7 @@ class Progress:
                 self._batches = None
             self._epochs.set_postfix_str(summary, refresh=False)
             self._epochs.update()
-        else:
+        elif not self.silent:
             print(f"{self.stage} epoch {number + 1}/{self.total}  {summary}", file=self.stream,
                   flush=True)
 
@@ -76,12 +80,15 @@ class Progress:
 
 
 def log(message: str) -> None:
-    """One line on stderr (the progress stream), flushed."""
-    print(message, file=sys.stderr, flush=True)
+    """One line on stderr (the progress stream), flushed (rank 0 only under torchrun)."""
+    if distributed.is_main():
+        print(message, file=sys.stderr, flush=True)
 
 
 def print_block(title: str, rows: List[Tuple[str, Any]]) -> None:
     """``title``, then ``label  value`` rows aligned; a list value spans several lines."""
+    if not distributed.is_main():
+        return
     width = max(len(label) for label, _ in rows)
     print(title)
     for label, value in rows:

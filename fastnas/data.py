@@ -20,11 +20,11 @@ import importlib.util
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .errors import UserError
 
@@ -271,20 +271,56 @@ def _mix(*values: int) -> int:
     return int(np.random.SeedSequence([v % 2**32 for v in values]).generate_state(1)[0])
 
 
+class ShardSampler(Sampler):
+    """Rank ``rank``'s share of a dataset of ``n`` items split over ``world`` ranks: the
+    permutation (a shuffle from ``generator``, or ``0..n-1``), padded with its own first items to
+    a multiple of ``world`` when ``pad`` (so every rank has as many batches: the collectives of a
+    step need it), then every ``world``-th item from ``rank`` on. With a per-rank batch ``b``,
+    rank ``r``'s batch ``k`` covers positions ``k*b*world + r + world*j``: the ranks' batches
+    ``k`` together are the one-process batch ``k`` of size ``b * world``."""
+
+    def __init__(self, n: int, rank: int, world: int, shuffle: bool,
+                 generator: torch.Generator, pad: bool):
+        self.n, self.rank, self.world = n, rank, world
+        self.shuffle, self.generator, self.pad = shuffle, generator, pad
+
+    def _order(self) -> List[int]:
+        order = (torch.randperm(self.n, generator=self.generator).tolist() if self.shuffle
+                 else list(range(self.n)))
+        if self.pad and self.n % self.world:
+            extra = self.world - self.n % self.world
+            order += (order * (extra // max(self.n, 1) + 1))[:extra]
+        return order
+
+    def __iter__(self):
+        return iter(self._order()[self.rank::self.world])
+
+    def __len__(self) -> int:
+        total = -(-self.n // self.world) * self.world if self.pad else self.n
+        return len(range(self.rank, total, self.world))
+
+
 class EpochLoader(DataLoader):
     """A DataLoader whose shuffle order and worker seeds depend only on ``(seed, stream, epoch)``.
 
     Call ``set_epoch(e)`` before epoch ``e``: a resumed run then sees the batches the
     uninterrupted run would have seen, whatever else drew from the global generators.
+    ``shard=(rank, world)`` makes it read rank ``rank``'s share (``ShardSampler``); shuffled
+    shards are padded so that every rank has as many batches.
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0,
                  stream: int = 0, num_workers: int = 0, pin_memory: bool = False,
-                 drop_last: bool = False):
+                 drop_last: bool = False, shard: Tuple[int, int] = (0, 1)):
         self.seed, self.stream = seed, stream
-        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle,
-                         num_workers=num_workers, pin_memory=pin_memory, drop_last=drop_last,
-                         generator=torch.Generator())
+        generator = torch.Generator()
+        rank, world = shard
+        sampler = None
+        if world > 1:
+            sampler = ShardSampler(len(dataset), rank, world, shuffle, generator, pad=shuffle)
+        super().__init__(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                         sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                         drop_last=drop_last, generator=generator)
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
@@ -292,12 +328,16 @@ class EpochLoader(DataLoader):
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, device: torch.device,
-                seed: int = 0, stream: int = 0, num_workers: int = 0) -> EpochLoader:
-    """An :class:`EpochLoader` with pinned memory on CUDA. A shuffled (training) loader drops
-    a last batch of a single image, on which BatchNorm cannot train."""
+                seed: int = 0, stream: int = 0, num_workers: int = 0,
+                shard: Tuple[int, int] = (0, 1)) -> EpochLoader:
+    """An :class:`EpochLoader` with pinned memory on CUDA, reading ``shard=(rank, world)``'s
+    share of ``dataset`` in batches of ``batch_size`` (per rank). A shuffled (training) loader
+    drops a last batch of a single image, on which BatchNorm cannot train."""
+    rank, world = shard
+    share = -(-len(dataset) // world) if shuffle else len(range(rank, len(dataset), world))
     return EpochLoader(dataset, batch_size, shuffle=shuffle, seed=seed, stream=stream,
                        num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
-                       drop_last=shuffle and len(dataset) % batch_size == 1)
+                       drop_last=shuffle and share % batch_size == 1, shard=shard)
 
 
 def set_epoch(loaders: Sequence[EpochLoader], epoch: int) -> None:
@@ -307,7 +347,7 @@ def set_epoch(loaders: Sequence[EpochLoader], epoch: int) -> None:
 
 __all__ = [
     "ArrayDataset", "CIFAR10_FOLDER", "CIFAR10_MEAN", "CIFAR10_STD", "Cutout", "DATASETS",
-    "DatasetInfo", "EpochLoader", "SearchData", "cifar10_folder", "cifar10_split",
+    "DatasetInfo", "EpochLoader", "SearchData", "ShardSampler", "cifar10_folder", "cifar10_split",
     "cifar10_transform", "dataset_info", "default_workers", "digits_split", "download_cifar10",
     "load_split", "make_loader", "search_data", "set_epoch",
 ]

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
 
 import torch
+
+from . import distributed
+from .errors import NonFiniteError
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -29,7 +32,8 @@ def cosine_lr(epoch: int, total: int, lr_max: float, lr_min: float) -> float:
 
 
 class RunningMean:
-    """A weighted mean built one batch at a time: ``add(value, n)``, then ``value``."""
+    """A weighted mean built one batch at a time: ``add(value, n)``, then ``value``;
+    ``reduced()`` is the mean over every rank's batches (the mean of the whole dataset)."""
 
     def __init__(self):
         self.total, self.count = 0.0, 0
@@ -37,6 +41,11 @@ class RunningMean:
     def add(self, value: float, n: int = 1) -> None:
         self.total += value * n
         self.count += n
+
+    def reduced(self) -> RunningMean:
+        out = RunningMean()
+        out.total, out.count = distributed.sum_([self.total, self.count])
+        return out
 
     @property
     def value(self) -> float:
@@ -117,6 +126,136 @@ def paired(train_loader: Iterable, val_loader: Iterable) -> Iterator[Tuple[Any, 
         yield train_batch, val_batch
 
 
+class BatchStream:
+    """An endless stream of batches from ``loader``, pass after pass, whose position can be saved
+    and restored exactly: ``position`` is ``(passes done, batches taken in this pass)``.
+
+    Each pass calls ``loader.set_epoch(pass)`` first when the loader has it (a
+    ``fastnas.data.EpochLoader``), so its order depends only on the pass; a restored stream skips
+    the batches already taken. (A loader without ``set_epoch`` shuffles from the global
+    generator, whose state a checkpoint saves, but the restored order then holds only when the
+    checkpoint was taken at a pass boundary.)
+    """
+
+    def __init__(self, loader: Iterable, name: str = "loader"):
+        self.loader, self.name = loader, name
+        self.passes, self.taken = 0, 0
+        self._iter: Optional[Iterator] = None
+
+    @property
+    def position(self) -> Tuple[int, int]:
+        return (self.passes, self.taken)
+
+    def restore(self, position: Sequence[int]) -> None:
+        self.passes, self.taken = int(position[0]), int(position[1])
+        self._iter = None
+
+    def _start_pass(self) -> Iterator:
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.passes)
+        return iter(self.loader)
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self):
+        if self._iter is None:  # (re)entering a pass: skip what was already taken
+            self._iter = self._start_pass()
+            for _ in range(self.taken):
+                if next(self._iter, None) is None:
+                    break
+        for _ in range(2):
+            batch = next(self._iter, None)
+            if batch is not None:
+                self.taken += 1
+                return batch
+            if self.taken == 0:
+                raise ValueError(f"{self.name} yielded no batches")
+            self.passes, self.taken = self.passes + 1, 0
+            self._iter = self._start_pass()
+        raise ValueError(f"{self.name} yielded no batches")
+
+
+# -- non-finite values ----------------------------------------------------------------------------
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def max_abs(tensors: Sequence[torch.Tensor]) -> float:
+    """``max |t|`` over all ``tensors`` (inf if any is inf, nan if any is nan), in one pass of
+    ``torch._foreach_norm(ord=inf)``: no overflow, unlike a 2-norm of huge finite values."""
+    groups: Dict[Tuple[torch.dtype, torch.device], list] = {}
+    for t in tensors:
+        if t is not None and t.numel():
+            groups.setdefault((t.dtype, t.device), []).append(t.detach())
+    if not groups:
+        return 0.0
+    peaks = [torch.stack(torch._foreach_norm(group, float("inf"))).max().double().cpu()
+             for group in groups.values()]
+    return max(p.item() for p in peaks) if len(peaks) > 1 else peaks[0].item()
+
+
+def grad_norm(parameters: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all gradients (as ``clip_grad_norm_`` computes it), without clipping."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([n.to(torch.float32) for n in norms]))
+
+
+class NonFiniteGuard:
+    """What a training loop does when a loss, gradient norm or weight is NaN or Inf.
+
+    ``policy='stop'`` raises ``NonFiniteError`` (the step is not applied, or for weights, the
+    stage stops before the next checkpoint); ``'skip'`` drops the step's update instead, counts
+    it (``skipped``), and raises once ``max_skips`` steps in a row were skipped. Weights that
+    are non-finite *after* a step cannot be skipped (the update is done): they always stop.
+    """
+
+    def __init__(self, policy: str = "stop", max_skips: int = 10):
+        if policy not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {list(NONFINITE_POLICIES)}, "
+                             f"got {policy!r}")
+        self.policy, self.max_skips = policy, max_skips
+        self.skipped = 0        # steps skipped in total
+        self.in_a_row = 0
+
+    def ok(self, quantity: str, value: Any, epoch: int, step: int) -> bool:
+        """True when ``value`` (a number or a tensor) is finite; else False for a step to skip,
+        or ``NonFiniteError``."""
+        number = float(value.detach().float().max() if torch.is_tensor(value) and value.numel()
+                       else value)
+        # Under torchrun every rank takes the same decision: finite only if finite everywhere.
+        if distributed.all_finite(number if math.isfinite(number) else float("nan")):
+            return True
+        if math.isfinite(number):  # this rank's value was finite, another rank's was not
+            quantity, number = f"{quantity} (on another rank)", None
+        if self.policy == "skip":
+            self.skipped += 1
+            self.in_a_row += 1
+            if self.in_a_row <= self.max_skips:
+                return False
+            quantity = f"{quantity} ({self.in_a_row} steps in a row, over max_skips)"
+        raise NonFiniteError(quantity, epoch, step, number)
+
+    def applied(self) -> None:
+        """A step's update went through: the run of skipped steps is over."""
+        self.in_a_row = 0
+
+    def check_weights(self, tensors: Sequence[torch.Tensor], epoch: int, step: int,
+                      quantity: str = "weights after the step") -> None:
+        value = max_abs(tensors)
+        if not distributed.all_finite(value):
+            raise NonFiniteError(quantity, epoch, step, value)
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"skipped": self.skipped, "in_a_row": self.in_a_row}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        self.skipped = int(state.get("skipped", 0))
+        self.in_a_row = int(state.get("in_a_row", 0))
+
+
 def check_epochs(epochs: Any) -> int:
     """A positive integer number of epochs, or a ValueError naming the value."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -142,5 +281,6 @@ def run_epochs(owner: Any, run_epoch: Callable[[int], Dict[str, Any]],
             break
 
 
-__all__ = ["Batch", "RunningMean", "accuracy", "check_batch", "check_epochs", "cosine_lr", "paired",
+__all__ = ["Batch", "BatchStream", "NONFINITE_POLICIES", "NonFiniteGuard", "RunningMean",
+           "accuracy", "check_batch", "check_epochs", "grad_norm", "max_abs", "cosine_lr", "paired",
            "run_epochs", "to_device"]

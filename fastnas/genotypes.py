@@ -8,6 +8,7 @@ output. Text is parsed by a small tokenizer and never evaluated.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from typing import Iterable, List, Sequence, Tuple
@@ -16,6 +17,29 @@ from .checkpoint import write_json_atomic
 from .ops import OPS
 
 Edge = Tuple[str, int]
+MAX_FILE_BYTES = 1 << 20  # an architecture file is a few hundred bytes; refuse anything huge
+
+
+def read_architecture_file(path: str, what: str = "genotype") -> str:
+    """The text of an architecture file, or a ValueError if it is over ``MAX_FILE_BYTES``
+    (``OSError`` and ``UnicodeDecodeError`` pass through, naming the file)."""
+    size = os.path.getsize(path)
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{what} file {path} is {size} bytes; an architecture file is at most "
+                         f"{MAX_FILE_BYTES} bytes")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def parse_json(text: str, what: str = "genotype JSON"):
+    """``json.loads(text)`` with every failure (syntax, absurd nesting) as a one-line
+    ValueError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} does not parse: {e}") from None
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to be an architecture") from None
 
 _FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
 
@@ -130,11 +154,7 @@ class Genotype:
 
     @classmethod
     def from_json(cls, text: str) -> Genotype:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"genotype JSON does not parse: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text))
 
     def save(self, path: str) -> None:
         """Write JSON atomically (temp file, then rename)."""
@@ -142,9 +162,9 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str) -> Genotype:
-        """Read a genotype file: JSON, or the printed ``Genotype(...)`` text."""
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        """Read a genotype file (at most ``MAX_FILE_BYTES``): JSON, or the printed
+        ``Genotype(...)`` text."""
+        text = read_architecture_file(path)
         if text.lstrip().startswith("{"):
             return cls.from_json(text)
         return cls.parse(text)

@@ -12,8 +12,13 @@ Search strategies plug in through ``SEARCH_METHODS``: each is a ``SearchMethod``
 answers ``search``, ``architecture()``, ``evaluate(loader)``, ``state_dict``/``load_state_dict``
 and keeps ``epoch``, ``total_epochs`` and ``history``; the stage never asks which one it runs.
 
-Bad input raises :class:`UserError`; Ctrl-C raises :class:`Interrupted` with where the last
-checkpoint is. The command line (``fastnas.cli``) turns both into one line and an exit status.
+Failures: bad input raises :class:`UserError`; Ctrl-C or SIGTERM raises :class:`Interrupted`
+with where the last checkpoint is; a NaN or Inf loss, gradient or weight raises
+``NonFiniteError`` naming the stage, epoch, step and quantity (nothing of the bad epoch is
+written: the last good checkpoint, ``model.pt`` and ``genotype.json`` stay as they were). A
+stage keeps two checkpoint generations (``checkpoint.pt``, ``checkpoint.prev.pt``) and resumes
+from the newest readable one. The command line (``fastnas.cli``) turns each into one line and an
+exit status.
 """
 from __future__ import annotations
 
@@ -26,15 +31,17 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from . import data
-from .checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from . import data, distributed
+from .checkpoint import check_kind, load_latest, previous_path, save_checkpoint, write_json_atomic
 from .console import Progress, duration, epochs, log, print_block
 from .darts import DARTSOptimizer
 from .enas import ENASOptimizer
-from .errors import UserError
+from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
+from .interrupts import Terminated, deferred
+from .reports import write_alpha_history
 from .reproducibility import resolve_device
-from .training import FinalTrainer
+from .training import FinalTrainer, TrainConfig
 
 SEARCH_DEFAULTS = {
     "digits": {"epochs": 8, "layers": 5, "channels": 8, "batch_size": 64, "seed": 2},
@@ -50,11 +57,13 @@ EVAL_BATCH_SIZE = 256
 
 
 class Interrupted(Exception):
-    """Ctrl-C during a stage; the message says what was lost and where the checkpoint is."""
+    """Ctrl-C (``signal`` "SIGINT") or SIGTERM during a stage; the message says what was lost
+    and where the checkpoint is."""
 
-    def __init__(self, message: str, resumable: bool):
+    def __init__(self, message: str, resumable: bool, signal: str = "SIGINT"):
         super().__init__(message)
         self.resumable = resumable
+        self.signal = signal
 
 
 @dataclass
@@ -119,7 +128,10 @@ class SearchMethod:
 
 
 _COMMON_KEYS = {"epochs": "epochs", "channels": "channels", "batch_size": "batch_size",
-                "seed": "seed"}
+                "seed": "seed", "on_nonfinite": "on_nonfinite",
+                "max_nonfinite_skips": "max_nonfinite_skips"}
+# Settings a resumed stage may change: how long it runs, and what a non-finite value does.
+RESUME_MAY_CHANGE = ("epochs", "on_nonfinite", "max_nonfinite_skips")
 SEARCH_METHODS: Dict[str, SearchMethod] = {
     "darts": SearchMethod("darts", DARTSOptimizer,
                           {**_COMMON_KEYS, "layers": "layers", "order": "order",
@@ -131,6 +143,40 @@ SEARCH_METHODS: Dict[str, SearchMethod] = {
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
+def _on_main(work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0, its result (or its UserError) on every rank. Under torchrun only
+    rank 0 touches the output folder, which therefore need not be shared between nodes."""
+    if not distributed.active():
+        return work()
+    outcome: Tuple[bool, Any] = (True, None)
+    if distributed.is_main():
+        try:
+            outcome = (True, work())
+        except UserError as e:
+            outcome = (False, str(e))
+    ok, value = distributed.broadcast(outcome)
+    if not ok:
+        raise UserError(value)
+    return value
+
+
+def _per_rank(batch_size: int) -> int:
+    """The batch each rank takes: ``--batch-size`` is the global batch, split evenly."""
+    world = distributed.world_size()
+    if batch_size % world:
+        raise UserError(f"--batch-size {batch_size} does not split evenly over {world} ranks; "
+                        f"use a multiple of {world}")
+    return batch_size // world
+
+
+def _shard() -> Tuple[int, int]:
+    return (distributed.rank(), distributed.world_size())
+
+
+def _observers(options: StageOptions) -> Sequence[StageObserver]:
+    return options.observers if distributed.is_main() else ()
+
+
 def prepare_output(path: str) -> None:
     """Create ``path`` and check that it is writable, or raise a UserError naming it."""
     try:
@@ -156,17 +202,65 @@ def _build(factory: Callable[[], Any]) -> Any:
         raise UserError(str(e)) from None
 
 
-def _resume_state(options: StageOptions, path: str, kind: str) -> Optional[dict]:
-    """The checkpoint to resume from, or None (no resume asked, or no checkpoint yet)."""
+def _resume_state(options: StageOptions, path: str, kind: str,
+                  method: Optional[str] = None) -> Optional[dict]:
+    """The checkpoint to resume from (the newest readable generation), or None (no resume
+    asked, or no checkpoint yet); a checkpoint of another kind or method is a UserError."""
     if not options.resume:
         return None
-    if not os.path.exists(path):
-        log(f"no checkpoint at {path}; starting a new {kind}")
+    if not os.path.exists(path) and not os.path.exists(previous_path(path)):
+        log(f"no checkpoint at {path}; starting a new {'training' if kind == 'train' else kind}")
         return None
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or "config" not in state or "run" not in state:
-        raise UserError(f"{path} is not a fastnas {kind} checkpoint")
+    state, used = load_latest(path)
+    try:
+        check_kind(state, kind, method, source=used)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if "config" not in state or "run" not in state:
+        raise UserError(f"{used} is not a checkpoint of the fastnas command line")
     return state
+
+
+def _restore(owner: Any, state: dict, path: str) -> None:
+    """``owner.load_state_dict(state)``; a state that does not fit is the file's fault."""
+    try:
+        owner.load_state_dict(state)
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _total_epochs(given: Optional[int], done: int, saved_total: int, path: str) -> int:
+    """The epochs a resumed stage runs to: ``--epochs`` if given (not below what is done)."""
+    if given is None:
+        return saved_total
+    if given < done:
+        raise UserError(f"--epochs {given} is below the {done} epoch(s) the checkpoint {path} "
+                        f"has done; give --epochs {done} or more, or drop --resume")
+    return given
+
+
+def _check_batches(loaders: Mapping[str, Any], limit: Optional[int]) -> None:
+    for name, loader in loaders.items():
+        if len(loader) == 0:
+            n = len(loader.dataset)
+            raise UserError(f"--limit {limit} leaves {n} image(s) for the {name}, fewer than one "
+                            f"batch of {loader.batch_size}; raise --limit or lower --batch-size")
+
+
+def _write_epoch(writes: Sequence[Callable[[], None]]) -> None:
+    """An epoch's files, all written or (Ctrl-C and SIGTERM held back meanwhile) none; under
+    torchrun by rank 0 alone (every rank calls it with the same, already gathered, state)."""
+    with deferred():
+        for write in writes:
+            if distributed.is_main() or getattr(write, "every_rank", False):
+                write()
+
+
+def _stopped(error: NonFiniteError, kind: str, checkpoint: str, done: int,
+             saved: bool) -> NonFiniteError:
+    kept = (f"the last good checkpoint {checkpoint} ({epochs(done)} done) is kept"
+            if saved else "no checkpoint was written")
+    return error.in_stage(kind, f"{kept}; see --on-nonfinite")
 
 
 def _data_source(options: StageOptions, state: Optional[dict],
@@ -186,7 +280,7 @@ def _data_source(options: StageOptions, state: Optional[dict],
 
 def _check_unchanged(given: Mapping[str, Any], config: Mapping[str, Any], path: str) -> None:
     for key, value in given.items():
-        if key != "epochs" and key in config and config[key] != value:
+        if key not in RESUME_MAY_CHANGE and key in config and config[key] != value:
             flag = "--" + {"drop_path_prob": "drop-path"}.get(key, key.replace("_", "-"))
             raise UserError(f"{flag} {value} does not match the checkpoint {path} "
                             f"({key} {config[key]}); drop the flag or drop --resume")
@@ -219,40 +313,43 @@ def _set_threads(options: StageOptions, dataset: str) -> None:
         torch.set_num_threads(threads)
 
 
-def _interrupted(kind: str, done: int, total: int, checkpoint: str, saved: bool) -> Interrupted:
+def _interrupted(kind: str, done: int, total: int, checkpoint: str, saved: bool,
+                 error: BaseException) -> Interrupted:
+    signal = "SIGTERM" if isinstance(error, Terminated) else "SIGINT"
+    how = "terminated (SIGTERM)" if signal == "SIGTERM" else "interrupted"
     if saved:
-        return Interrupted(f"{kind} interrupted in epoch {done + 1}/{total}; the last checkpoint "
-                           f"{checkpoint} holds {done} finished epoch(s)", resumable=True)
-    return Interrupted(f"{kind} interrupted in epoch {done + 1}/{total} before any checkpoint "
-                       f"was written", resumable=False)
+        return Interrupted(f"{kind} {how} in epoch {done + 1}/{total}; the last checkpoint "
+                           f"{checkpoint} holds {done} finished epoch(s)", True, signal)
+    return Interrupted(f"{kind} {how} in epoch {done + 1}/{total} before any checkpoint "
+                       f"was written", False, signal)
 
 
 # -- search ---------------------------------------------------------------------------------------
 def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
                  output: str) -> Tuple[Any, dict]:
     """Search with ``method`` (a key of ``SEARCH_METHODS``) and the settings ``given`` (keys of
-    ``SEARCH_DEFAULTS``, plus ``order`` for DARTS); writes ``genotype.json``, ``metrics.json``
-    and ``checkpoint.pt`` in ``output``. Returns ``(architecture, metrics)``."""
+    ``SEARCH_DEFAULTS``, plus ``order`` for DARTS); writes ``genotype.json``, ``metrics.json``,
+    ``alphas.json`` (``fastnas.reports.alphas``) and ``checkpoint.pt`` in ``output``. Returns
+    ``(architecture, metrics)``."""
     if method not in SEARCH_METHODS:
         raise UserError(f"unknown search method {method!r}; use --method "
                         f"{' or '.join(SEARCH_METHODS)}")
     method = SEARCH_METHODS[method]
     paths = {name: os.path.join(output, name)
-             for name in ("genotype.json", "metrics.json", "checkpoint.pt")}
+             for name in ("genotype.json", "metrics.json", "alphas.json", "checkpoint.pt")}
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
-    state = _resume_state(options, checkpoint, "search")
+    state = _on_main(lambda: _resume_state(options, checkpoint, "search", method.name))
     dataset, limit = _data_source(options, state, checkpoint)
     info = data.dataset_info(dataset)
     _set_threads(options, dataset)
     given = method.config_given(given)
     if state:
-        if state["run"].get("method", "darts") != method.name:
-            raise UserError(f"{checkpoint} is a {state['run'].get('method')} search; "
-                            f"resume it with --method {state['run'].get('method')}")
         _check_unchanged(given, state["config"], checkpoint)
-        config = dict(state["config"])
-        total = given.get("epochs", int(state.get("total_epochs", config["num_steps"])))
+        config = dict(state["config"], **{k: v for k, v in given.items()
+                                          if k in RESUME_MAY_CHANGE and k != "epochs"})
+        total = _total_epochs(given.get("epochs"), int(state["epoch"]),
+                              int(state.get("total_epochs", config["num_steps"])), checkpoint)
     else:
         defaults = method.config_given(SEARCH_DEFAULTS[dataset])
         settings = {**defaults, **given}
@@ -264,18 +361,21 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     split = _load_data(options, dataset,
                        lambda: data.search_data(dataset, options.data_dir, limit))
     _check_size(len(split.arch), limit)
-    prepare_output(output)
+    _on_main(lambda: prepare_output(output))
     optimizer = _build(lambda: method.optimizer(config))
     if state:
-        optimizer.load_state_dict(state)
+        _restore(optimizer, state, checkpoint)
     cfg = optimizer.config
     seed, workers = cfg.seed or 0, _workers(options, dataset)
-    train_loader = data.make_loader(split.weights, cfg.batch_size, shuffle=True, device=device,
-                                    seed=seed, stream=0, num_workers=workers)
-    val_loader = data.make_loader(split.arch, cfg.batch_size, shuffle=True, device=device,
-                                  seed=seed, stream=1, num_workers=workers)
+    batch = _per_rank(cfg.batch_size)
+    train_loader = data.make_loader(split.weights, batch, shuffle=True, device=device,
+                                    seed=seed, stream=0, num_workers=workers, shard=_shard())
+    val_loader = data.make_loader(split.arch, batch, shuffle=True, device=device,
+                                  seed=seed, stream=1, num_workers=workers, shard=_shard())
     eval_loader = data.make_loader(split.arch_eval, EVAL_BATCH_SIZE, shuffle=False,
-                                   device=device, num_workers=workers)
+                                   device=device, num_workers=workers, shard=_shard())
+    _check_batches({"weight half of the search split": train_loader,
+                    "architecture half of the search split": val_loader}, limit)
     loaders = [train_loader, val_loader]
     data.set_epoch(loaders, optimizer.epoch)
 
@@ -288,7 +388,7 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     started = time.perf_counter()
     saved = state is not None
     run = StageRun("search", output, dataset, method.name, optimizer)
-    for observer in options.observers:
+    for observer in _observers(options):
         observer.start(run)
 
     def metrics(final: Optional[dict], arch) -> dict:
@@ -303,12 +403,21 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     with Progress("search", total, optimizer.epoch, len(train_loader),
                   bars=False if options.quiet else None) as progress:
         def on_epoch(opt, record: dict) -> None:
-            nonlocal saved
             data.set_epoch(loaders, opt.epoch)
-            save_atomic({**opt.state_dict(), "run": run_info}, checkpoint)
-            saved = True
-            write_json_atomic(metrics(None, opt.architecture()), paths["metrics.json"])
-            for observer in options.observers:
+            state = {**opt.state_dict(), "run": run_info}
+
+            def written():
+                nonlocal saved
+                saved = True
+            written.every_rank = True
+
+            _write_epoch([lambda: save_checkpoint(state, checkpoint),
+                          lambda: write_json_atomic(metrics(None, opt.architecture()),
+                                                    paths["metrics.json"]),
+                          lambda: write_alpha_history(paths["alphas.json"], method.name,
+                                                      cfg.to_dict(), opt.history),
+                          written])
+            for observer in _observers(options):
                 observer.epoch(run, record)
             val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""
             progress.epoch(record["epoch"],
@@ -320,14 +429,16 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
             arch = optimizer.search(train_loader, val_loader, epochs=total, callback=on_epoch,
                                     on_step=lambda opt, s: progress.step(s["train_loss"],
                                                                          s["train_acc"]))
-        except KeyboardInterrupt:
-            raise _interrupted("search", optimizer.epoch, total, checkpoint, saved) from None
+        except KeyboardInterrupt as e:
+            raise _interrupted("search", optimizer.epoch, total, checkpoint, saved, e) from None
+        except NonFiniteError as e:
+            raise _stopped(e, "search", checkpoint, optimizer.epoch, saved) from None
 
     final = optimizer.evaluate(eval_loader)
-    arch.save(paths["genotype.json"])
     result = metrics(final, arch)
-    write_json_atomic(result, paths["metrics.json"])
-    for observer in options.observers:
+    _write_epoch([lambda: arch.save(paths["genotype.json"]),
+                  lambda: write_json_atomic(result, paths["metrics.json"])])
+    for observer in _observers(options):
         observer.end(run, result)
     print_block(f"search finished: {method.name} on {dataset}, {epochs(optimizer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
@@ -369,7 +480,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
                                                            "checkpoint.pt")}
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
-    state = _resume_state(options, checkpoint, "training")
+    state = _on_main(lambda: _resume_state(options, checkpoint, "train"))
     if state is None and genotype is None:
         raise UserError("train needs --genotype FILE|NAME: a genotype.json written by "
                         f"fastnas search, or a published cell ({', '.join(PUBLISHED)})")
@@ -383,28 +494,35 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
                             "drop --resume to start over")
         genotype = saved_genotype
         _check_unchanged(given, state["config"], checkpoint)
-        config = dict(state["config"], epochs=given.get("epochs", state["config"]["epochs"]))
+        config = dict(state["config"], **{k: v for k, v in given.items()
+                                          if k in RESUME_MAY_CHANGE and k != "epochs"})
+        config["epochs"] = _total_epochs(given.get("epochs"), int(state["epoch"]),
+                                         state["config"]["epochs"], checkpoint)
     else:
         config = {**TRAIN_DEFAULTS[dataset], **given, "in_channels": info.in_channels,
                   "num_classes": info.num_classes}
     config["device"] = str(device)
     run_info = {"dataset": dataset, "limit": limit}
 
-    trainer = _build(lambda: FinalTrainer(genotype, config))
-    if state:
-        trainer.load_state_dict(state)
-    cfg = trainer.config
+    cfg = _build(lambda: TrainConfig.from_dict(config))
+    # Data first: loading may import libraries that draw from the global generators (sklearn's
+    # import does), which must happen before the trainer seeds them or restores their state.
     train_set, test_set = _load_data(options, dataset, lambda: (
         data.load_split(dataset, "train", options.data_dir, augment=True, cutout=cfg.cutout,
                         limit=limit),
         data.load_split(dataset, "test", options.data_dir, limit=limit)))
     _check_size(min(len(train_set), len(test_set)), limit)
-    prepare_output(output)
+    _on_main(lambda: prepare_output(output))
+    trainer = _build(lambda: FinalTrainer(genotype, cfg))
+    if state:
+        _restore(trainer, state, checkpoint)
     workers = _workers(options, dataset)
-    train_loader = data.make_loader(train_set, cfg.batch_size, shuffle=True, device=device,
-                                    seed=cfg.seed, stream=2, num_workers=workers)
+    train_loader = data.make_loader(train_set, _per_rank(cfg.batch_size), shuffle=True,
+                                    device=device, seed=cfg.seed, stream=2, num_workers=workers,
+                                    shard=_shard())
     test_loader = data.make_loader(test_set, EVAL_BATCH_SIZE, shuffle=False, device=device,
-                                   num_workers=workers)
+                                   num_workers=workers, shard=_shard())
+    _check_batches({"train split": train_loader}, limit)
 
     log(f"train: {dataset} ({len(train_set)} train, {len(test_set)} test images), "
         f"{cfg.layers} layers x {cfg.channels} channels, batch {cfg.batch_size}, "
@@ -412,17 +530,23 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     started = time.perf_counter()
     saved = state is not None
     run = StageRun("train", output, dataset, None, trainer)
-    for observer in options.observers:
+    for observer in _observers(options):
         observer.start(run)
 
     with Progress("train", cfg.epochs, trainer.epoch, len(train_loader),
                   bars=False if options.quiet else None) as progress:
         def on_epoch(t: FinalTrainer, record: dict) -> None:
-            nonlocal saved
-            save_atomic({**t.state_dict(), "run": run_info}, checkpoint)
-            saved = True
-            write_json_atomic({"dataset": dataset, **t.metrics()}, paths["metrics.json"])
-            for observer in options.observers:
+            state = {**t.state_dict(), "run": run_info}
+
+            def written():
+                nonlocal saved
+                saved = True
+            written.every_rank = True
+
+            _write_epoch([lambda: save_checkpoint(state, checkpoint),
+                          lambda: write_json_atomic({"dataset": dataset, **t.metrics()},
+                                                    paths["metrics.json"]), written])
+            for observer in _observers(options):
                 observer.epoch(run, record)
             progress.epoch(record["epoch"],
                            f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
@@ -432,13 +556,17 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         try:
             result = trainer.fit(train_loader, test_loader, callback=on_epoch,
                                  on_step=lambda t, s: progress.step(s["loss"], s["acc"]))
-        except KeyboardInterrupt:
-            raise _interrupted("training", trainer.epoch, cfg.epochs, checkpoint, saved) from None
+        except KeyboardInterrupt as e:
+            raise _interrupted("training", trainer.epoch, cfg.epochs, checkpoint, saved,
+                               e) from None
+        except NonFiniteError as e:
+            raise _stopped(e, "training", checkpoint, trainer.epoch, saved) from None
 
     result = {"dataset": dataset, **result}
-    trainer.save_model(paths["model.pt"], dataset=dataset, test_accuracy=result["test_accuracy"])
-    write_json_atomic(result, paths["metrics.json"])
-    for observer in options.observers:
+    _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
+                                             test_accuracy=result["test_accuracy"]),
+                  lambda: write_json_atomic(result, paths["metrics.json"])])
+    for observer in _observers(options):
         observer.end(run, result)
     print_block(f"training finished: {dataset}, {epochs(trainer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",

@@ -1,10 +1,15 @@
-"""Memory profile of a DARTS search step: peak memory, and what the activations kept for backward
-are, per cell and per op.
+"""Profile of a DARTS search step: time, peak memory, and what the activations kept for backward
+are, per cell and per op. ``fastnas profile`` prints it (``benchmarks/memory.py`` runs that).
 
 ``profile_memory(config, batch_size=None, ...)`` builds a ``DARTSOptimizer`` for ``config`` (a
 ``DARTSConfig`` or a dict), runs search steps on a synthetic batch and returns a
-``MemoryReport``; ``format_report(report)`` renders it as text. ``python benchmarks/memory.py``
-prints that text.
+``MemoryReport``; ``format_report(report)`` renders it as text. ``profile_supernets`` profiles a
+config and, to compare, the reference supernet at the same settings; ``format_table`` prints
+them as one table (median time per step, steps per second, peak, ratios to the reference);
+``trace_search_steps`` writes a ``torch.profiler`` Chrome trace of a few steps.
+
+- Time of a step: wall clock, ``torch.cuda.synchronize`` before and after on CUDA; the table
+  shows the median of the timed steps, which follow untimed warm-up steps.
 
 - Peak memory of one step: on CUDA ``torch.cuda.max_memory_allocated`` minus the memory allocated
   before the step; on the CPU the peak resident set size (``VmHWM``, reset through
@@ -21,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import statistics
 import time
 from collections import defaultdict
 from typing import Any, Dict, List, Mapping, Optional, Union
@@ -54,10 +60,15 @@ class MemoryReport:
     saved_by_cell: Dict[str, int]
     saved_by_op: Dict[str, int]
     parameter_bytes: int
-    step_seconds: float
+    step_seconds: float           # median of step_times
+    step_times: List[float] = dataclasses.field(default_factory=list)  # each measured step
+
+    @property
+    def steps_per_second(self) -> float:
+        return 1.0 / self.step_seconds if self.step_seconds > 0 else float("inf")
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return dict(dataclasses.asdict(self), steps_per_second=self.steps_per_second)
 
 
 def _rss_bytes(field: str) -> Optional[int]:
@@ -187,32 +198,46 @@ def saved_activations(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 
 # -- the profile ----------------------------------------------------------------------------------
-def profile_memory(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
-                   batch_size: Optional[int] = None, image_size: int = 32, steps: int = 1,
-                   breakdown: bool = True, seed: int = 0) -> MemoryReport:
-    """Memory profile of ``config``'s search step (see the module docstring).
-
-    ``batch_size`` overrides ``config.batch_size``; inputs are ``image_size`` square images with
-    ``config.in_channels`` channels. ``steps - 1`` warm-up steps run before the measured one
-    (``steps=1`` measures the first step, allocator state included). ``breakdown=False`` skips
-    the per-cell and per-op attribution.
-    """
+def search_step(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
+                batch_size: Optional[int] = None, image_size: int = 32, seed: int = 0):
+    """``(optimizer, batch)`` for ``config`` (``batch_size`` overriding its own) and one
+    synthetic batch of ``image_size`` square images; ``optimizer.step(batch, batch)`` is one
+    search step (train = validation batch)."""
     cfg = DARTSConfig.from_dict(config if config is not None else {})
     if batch_size is not None:
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     opt = DARTSOptimizer(cfg)
-    device = opt.device
     g = torch.Generator().manual_seed(seed)
     shape = (cfg.batch_size, cfg.in_channels, image_size, image_size)
-    x = torch.randn(shape, generator=g).to(device, opt.dtype)
-    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(device)
+    x = torch.randn(shape, generator=g).to(opt.device, opt.dtype)
+    y = torch.randint(0, cfg.num_classes, (cfg.batch_size,), generator=g).to(opt.device)
+    return opt, (x, y)
+
+
+def profile_memory(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
+                   batch_size: Optional[int] = None, image_size: int = 32, steps: int = 1,
+                   breakdown: bool = True, seed: int = 0, repeats: int = 1) -> MemoryReport:
+    """Memory (and time) profile of ``config``'s search step (see the module docstring).
+
+    ``batch_size`` overrides ``config.batch_size``; inputs are ``image_size`` square images with
+    ``config.in_channels`` channels. ``steps - 1`` warm-up steps run before ``repeats`` measured
+    ones (``steps=1`` measures the first step, allocator state included); the report keeps the
+    largest peak and the median time. ``breakdown=False`` skips the per-cell and per-op
+    attribution.
+    """
+    opt, batch = search_step(config, batch_size, image_size, seed)
+    cfg, device = opt.config, opt.device
     for _ in range(steps - 1):
-        opt.step((x, y), (x, y))
-    peak, before, method, seconds = measure_step_peak(lambda: opt.step((x, y), (x, y)), device)
+        opt.step(batch, batch)
+    measured = [measure_step_peak(lambda: opt.step(batch, batch), device)
+                for _ in range(max(1, repeats))]
+    peak = max(m[0] for m in measured)
+    before, method = measured[0][1], measured[0][2]
+    times = [m[3] for m in measured]
     total, by_cell, by_op = 0, {}, {}
     if breakdown:
         opt.model.train()
-        total, by_cell, by_op = saved_activations(opt.model, x, y, opt.precision.autocast)
+        total, by_cell, by_op = saved_activations(opt.model, *batch, opt.precision.autocast)
     model = opt.model
     return MemoryReport(
         device=str(device), supernet=cfg.supernet, kernels=opt.kernels,
@@ -221,23 +246,93 @@ def profile_memory(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
         baseline_bytes=int(before), peak_method=method, saved_bytes=int(total),
         saved_by_cell=by_cell, saved_by_op=by_op,
         parameter_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
-        step_seconds=seconds)
+        step_seconds=statistics.median(times), step_times=times)
+
+
+def profile_supernets(config: Mapping[str, Any], batch_size: Optional[int] = None,
+                      image_size: int = 32, warmup: int = 1, steps: int = 3,
+                      compare: bool = False) -> List[MemoryReport]:
+    """``fastnas profile``: the profile of ``config`` (``warmup`` steps, then ``steps`` timed
+    ones), and with ``compare`` the reference supernet's at the same settings after it (none
+    when ``config`` is the reference already)."""
+    supernets = [config.get("supernet", "fast")]
+    if compare and supernets[0] != "reference":
+        supernets.append("reference")
+    return [profile_memory({**config, "supernet": name}, batch_size, image_size,
+                           steps=warmup + 1, repeats=steps) for name in supernets]
+
+
+def trace_search_steps(config: Mapping[str, Any], path: str, batch_size: Optional[int] = None,
+                       image_size: int = 32, warmup: int = 1, steps: int = 3) -> None:
+    """A ``torch.profiler`` Chrome trace of ``steps`` search steps (after ``warmup``), written
+    to ``path``; open it in Perfetto (ui.perfetto.dev) or chrome://tracing."""
+    opt, batch = search_step(config, batch_size, image_size)
+    for _ in range(warmup):
+        opt.step(batch, batch)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if opt.device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            with torch.profiler.record_function("search step"):
+                opt.step(batch, batch)
+            if opt.device.type == "cuda":
+                torch.cuda.synchronize(opt.device)
+    prof.export_chrome_trace(path)
+
+
+def _settings(r: MemoryReport) -> str:
+    order = "first-order" if r.order == 1 else "second-order"
+    return (f"{r.precision}, checkpointing {'on' if r.checkpointing else 'off'}, {order}, "
+            f"batch {r.batch_size}, {r.image_size}x{r.image_size}, {r.device}")
 
 
 def format_report(report: MemoryReport) -> str:
     """The report as text: the step's peak, then the saved activations per cell and per op."""
     r = report
-    order = "first-order" if r.order == 1 else "second-order"
     lines = [
-        f"fastnas memory profile: supernet {r.supernet} ({r.kernels} kernels), {r.precision}, "
-        f"checkpointing "
-        f"{'on' if r.checkpointing else 'off'}, {order}, batch {r.batch_size}, "
-        f"{r.image_size}x{r.image_size}, {r.device}",
+        f"fastnas memory profile: supernet {r.supernet} ({r.kernels} kernels), {_settings(r)}",
         f"peak memory growth during one search step: {r.step_peak_bytes / MiB:.1f} MiB "
         f"({r.peak_method}; {r.baseline_bytes / MiB:.1f} MiB before the step; "
         f"step took {r.step_seconds:.2f} s)",
         f"parameters: {r.parameter_bytes / MiB:.2f} MiB",
+        format_breakdown(r),
     ]
+    return "\n".join(line for line in lines if line)
+
+
+def format_table(reports: List[MemoryReport]) -> str:
+    """``fastnas profile``'s table: per supernet the median time per step, steps per second and
+    the peak memory growth of a step, with ratios against the reference supernet's row."""
+    reference = next((r for r in reports if r.supernet == "reference"), None)
+    compared = reference is not None and len(reports) > 1
+    head = ("supernet", "kernels", "s/step (median)", "steps/s", "peak MiB")
+    head += ("time vs ref", "memory vs ref") if compared else ()
+    rows = [head]
+    for r in reports:
+        row = (r.supernet, r.kernels, f"{r.step_seconds:.4f} (n={len(r.step_times) or 1})",
+               f"{r.steps_per_second:.2f}", f"{r.step_peak_bytes / MiB:.1f}")
+        if compared and r is not reference:
+            row += (f"{r.step_seconds / reference.step_seconds:.2f}x",
+                    f"{r.step_peak_bytes / max(reference.step_peak_bytes, 1):.2f}x")
+        elif compared:
+            row += ("1.00x", "1.00x")
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [f"fastnas profile: DARTS search step, {_settings(reports[0])}; peak memory: "
+             f"{reports[0].peak_method}"]
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_breakdown(report: MemoryReport) -> str:
+    """The activations one training forward keeps for backward, per cell and per op ('' when
+    the report has no breakdown)."""
+    r = report
+    lines: List[str] = []
     if r.saved_by_cell:
         lines.append(f"activations kept for backward by one training forward: "
                      f"{r.saved_bytes / MiB:.1f} MiB")
@@ -260,5 +355,6 @@ def format_report(report: MemoryReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MemoryReport", "format_report", "measure_step_peak", "profile_memory",
-           "saved_activations"]
+__all__ = ["MemoryReport", "format_breakdown", "format_report", "format_table",
+           "measure_step_peak", "profile_memory", "profile_supernets", "saved_activations",
+           "search_step", "trace_search_steps"]

@@ -10,6 +10,7 @@ loss ``CE(logits) + auxiliary_weight * CE(logits_aux)`` and the gradient norm cl
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -17,16 +18,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_atomic
-from .config import Config, device, flag, integer, number
-from .engine import Batch, check_batch, cosine_lr, run_epochs, to_device
+from . import distributed
+from .checkpoint import check_kind, check_tensors_fit, describe, load_checkpoint, save_atomic
+from .config import LoopConfig, device, flag, integer, number
+from .engine import (
+    Batch,
+    NonFiniteGuard,
+    check_batch,
+    cosine_lr,
+    grad_norm,
+    run_epochs,
+    to_device,
+)
+from .errors import UserError
 from .genotypes import Genotype
 from .networks import NetworkCIFAR
 from .reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 
 
 @dataclass
-class TrainConfig(Config):
+class TrainConfig(LoopConfig):
     """Final-training settings; the defaults are the paper's CIFAR-10 evaluation.
 
     ``cutout`` is the side of the square cut out of each training image (0: none); the data
@@ -51,6 +62,7 @@ class TrainConfig(Config):
     num_classes: int = integer(10, low=2)
     seed: int = integer(0, low=0)
     device: str = device("auto")
+    sync_bn: bool = flag(False)
 
 
 # -- cost of a network ----------------------------------------------------------------------------
@@ -116,10 +128,32 @@ class FinalTrainer:
         self.genotype = genotype
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
+        if cfg.sync_bn and self.device.type != "cuda":
+            raise ValueError("sync_bn (SyncBatchNorm) runs on CUDA devices only, not on "
+                             f"{self.device}")
         self.model = NetworkCIFAR(cfg.channels, cfg.num_classes, cfg.layers, cfg.auxiliary,
                                   genotype, in_channels=cfg.in_channels).to(self.device)
+        # Under torchrun: DistributedDataParallel averages the gradients (bucketed, overlapped
+        # with backward); each rank then draws its own drop-path and cutout randomness.
+        self.ddp: Optional[nn.Module] = None
+        if distributed.active():
+            if cfg.sync_bn:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            from torch.nn.parallel import DistributedDataParallel
+
+            # BN statistics stay per rank (averaged before evaluation); the newer keyword is
+            # preferred where torch has it (it still syncs at init, where all ranks agree).
+            keep_buffers = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                            inspect.signature(DistributedDataParallel).parameters
+                            else {"broadcast_buffers": False})
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                **keep_buffers)
+            seed_everything(cfg.seed + 100_003 * distributed.rank())
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.learning_rate,
                                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.guard = NonFiniteGuard(cfg.on_nonfinite, cfg.max_nonfinite_skips)
+        self.global_step = 0
         self.epoch = 0  # completed epochs
         self.history: List[Dict[str, Any]] = []
         self.input_shape: Optional[Tuple[int, ...]] = None  # one image's, seen in training
@@ -147,14 +181,14 @@ class FinalTrainer:
             x, y = self._batch("train batch", batch)
             self.input_shape = tuple(x.shape[1:])
             self.optimizer.zero_grad(set_to_none=True)
-            logits, logits_aux = _logits(self.model(x))
+            logits, logits_aux = _logits((self.ddp or self.model)(x))
             loss = F.cross_entropy(logits, y)
             if logits_aux is not None:
                 loss = loss + cfg.auxiliary_weight * F.cross_entropy(logits_aux, y)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
+            applied = self._update(loss)
+            self.global_step += 1
+            if not applied:
+                continue
             n, batch_loss = len(y), loss.item()
             batch_correct = (logits.argmax(1) == y).sum().item()
             loss_sum += batch_loss * n
@@ -162,13 +196,41 @@ class FinalTrainer:
             count += n
             if on_step is not None:
                 on_step(self, {"loss": batch_loss, "acc": batch_correct / n})
-        if count == 0:
+        if count == 0 and self.guard.skipped == 0:
             raise ValueError("train loader yielded no batches")
+        loss_sum, correct, count = distributed.sum_([loss_sum, correct, count])
+        if count == 0:  # every step of the epoch was skipped
+            return {"loss": float("nan"), "acc": float("nan")}
         return {"loss": loss_sum / count, "acc": correct / count}
+
+    def _update(self, loss: torch.Tensor) -> bool:
+        """One SGD step with the gradient norm clipped; False when a non-finite loss or gradient
+        made ``on_nonfinite='skip'`` drop it (``NonFiniteError`` under ``'stop'``)."""
+        epoch, step = self.epoch, self.global_step
+        # DDP expects a backward after every forward: with it, check the loss after backward.
+        if self.ddp is None and not self.guard.ok("train loss", loss.detach(), epoch, step):
+            return False
+        loss.backward()
+        if self.ddp is not None and not self.guard.ok("train loss", loss.detach(), epoch, step):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        params = list(self.model.parameters())
+        clip = self.config.grad_clip
+        norm = nn.utils.clip_grad_norm_(params, clip) if clip is not None else grad_norm(params)
+        if not self.guard.ok("weight gradient norm", norm, epoch, step):
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self.optimizer.step()
+        self.guard.check_weights(params + [b for b in self.model.buffers()
+                                           if b.is_floating_point()], epoch, step)
+        self.guard.applied()
+        return True
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> Dict[str, float]:
-        """Loss and accuracy on ``loader`` in eval mode."""
+        """Loss and accuracy on ``loader`` in eval mode (under torchrun: over every rank's
+        shard, with the BatchNorm statistics averaged over the ranks first)."""
+        distributed.average_buffers(self.model)
         self.model.eval()
         loss_sum = correct = count = 0.0
         for batch in loader:
@@ -178,6 +240,7 @@ class FinalTrainer:
             correct += (logits.argmax(1) == y).sum().item()
             count += len(y)
         self.model.train()
+        loss_sum, correct, count = distributed.sum_([loss_sum, correct, count])
         if count == 0:
             raise ValueError("evaluation loader yielded no batches")
         return {"loss": loss_sum / count, "accuracy": correct / count}
@@ -197,6 +260,7 @@ class FinalTrainer:
             test = self.evaluate(test_loader)
             return {"lr": lr, "drop_path_prob": self.model.drop_path_prob,
                     "train_loss": train["loss"], "train_acc": train["acc"],
+                    "skipped_steps": self.guard.skipped,
                     "test_loss": test["loss"], "test_acc": test["accuracy"]}
 
         run_epochs(self, run_epoch, callback)
@@ -231,18 +295,26 @@ class FinalTrainer:
     # -- files ----------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue exactly; safe for ``weights_only`` loads."""
-        return {"config": self.config.to_dict(), "genotype": str(self.genotype),
+        return {**describe("train"), "config": self.config.to_dict(),
+                "genotype": str(self.genotype),
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch, "history": self.history, "rng": get_rng_state(),
+                "global_step": self.global_step, "nonfinite": self.guard.state_dict(),
                 "input_shape": list(self.input_shape) if self.input_shape else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()``'s output; another kind of state, or tensors that do not fit
+        this trainer's config, raise a ValueError that says which."""
+        check_kind(state, "train")
         missing = [k for k in ("model", "optimizer", "epoch", "rng") if k not in state]
         if missing:
             raise ValueError(f"not a FinalTrainer state: missing {missing}")
+        check_tensors_fit(self.model, state["model"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
+        self.global_step = int(state.get("global_step", 0))
+        self.guard.load_state_dict(state.get("nonfinite", {}))
         self.history = list(state.get("history", []))
         shape = state.get("input_shape")
         self.input_shape = tuple(shape) if shape else None
@@ -257,8 +329,12 @@ class FinalTrainer:
         """Rebuild a trainer from ``save``'s file; ``overrides`` replace config keys (e.g. device,
         or a larger ``epochs`` to train on)."""
         state = load_checkpoint(path)
-        trainer = cls(Genotype.parse(state["genotype"]), dict(state["config"], **overrides))
-        trainer.load_state_dict(state)
+        try:
+            check_kind(state, "train", source=path)
+            trainer = cls(Genotype.parse(state["genotype"]), dict(state["config"], **overrides))
+            trainer.load_state_dict(state)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}" if path not in str(e) else str(e)) from None
         return trainer
 
     def save_model(self, path: str, **extra) -> None:
@@ -271,10 +347,16 @@ class FinalTrainer:
 def load_model(path: str, device: str = "cpu") -> Tuple[NetworkCIFAR, Genotype, TrainConfig]:
     """Rebuild the network written by :meth:`FinalTrainer.save_model`, in eval mode."""
     state = load_checkpoint(path)
-    genotype = Genotype.parse(state["genotype"])
-    config = TrainConfig.from_dict(dict(state["config"], device=device))
-    model = NetworkCIFAR(config.channels, config.num_classes, config.layers, config.auxiliary,
-                         genotype, in_channels=config.in_channels)
+    if not isinstance(state, dict) or not all(k in state for k in ("model", "genotype", "config")):
+        raise UserError(f"{path} is not a model written by fastnas train (model.pt)")
+    try:
+        genotype = Genotype.parse(state["genotype"])
+        config = TrainConfig.from_dict(dict(state["config"], device=device))
+        model = NetworkCIFAR(config.channels, config.num_classes, config.layers, config.auxiliary,
+                             genotype, in_channels=config.in_channels)
+        check_tensors_fit(model, state["model"], path)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: {e}" if path not in str(e) else str(e)) from None
     model.load_state_dict(state["model"])
     return model.to(resolve_device(device)).eval(), genotype, config
 

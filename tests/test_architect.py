@@ -128,6 +128,6 @@ def test_first_order_step_is_adam_on_the_validation_gradient():
         a.grad = gi.clone()
     ref_opt.step()
     architect = Architect(net, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3, order=1)
-    architect.step(train, val, 0.1, opt)
+    assert architect.step(train, val, 0.1, opt)[2]
     for a, ref in zip(net.alphas(), alphas0):
         torch.testing.assert_close(a.detach(), ref.detach(), rtol=1e-12, atol=1e-12)

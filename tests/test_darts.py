@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from fastnas import DARTSConfig, DARTSOptimizer, Genotype
+from fastnas.checkpoint import describe
 from fastnas.engine import cosine_lr, paired
 
 TINY = dict(channels=4, layers=3, num_nodes=2, in_channels=1, num_classes=4, num_steps=3,
@@ -206,5 +207,10 @@ def test_seeded_construction_is_deterministic():
 
 
 def test_load_state_rejects_foreign_dicts():
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="not a fastnas checkpoint"):
         DARTSOptimizer(TINY).load_state_dict({"model": {}})
+    with pytest.raises(ValueError, match="missing"):
+        DARTSOptimizer(TINY).load_state_dict({**describe("search", "darts"), "model": {}})
+    other = DARTSOptimizer(dict(TINY, channels=TINY.get("channels", 4) * 2))
+    with pytest.raises(ValueError, match=r"does not fit the model its config builds: \d+ tensor"):
+        DARTSOptimizer(TINY).load_state_dict(other.state_dict())

@@ -8,6 +8,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from fastnas import Genotype, NetworkCIFAR
+from fastnas.checkpoint import describe
 from fastnas.enas import ENASConfig, ENASOptimizer, MacroArch, MacroNetwork
 from fastnas.engine import cosine_lr
 
@@ -126,8 +127,12 @@ def test_state_round_trip_resumes_exactly(tmp_path, space):
 
 
 def test_load_rejects_foreign_state():
-    with pytest.raises(ValueError, match="missing"):
+    with pytest.raises(ValueError, match="not a fastnas checkpoint"):
         ENASOptimizer(TINY).load_state_dict({"model": {}})
+    with pytest.raises(ValueError, match="missing"):
+        ENASOptimizer(TINY).load_state_dict({**describe("search", "enas"), "model": {}})
+    with pytest.raises(ValueError, match="a darts search, not an enas search"):
+        ENASOptimizer(TINY).load_state_dict(describe("search", "darts"))
 
 
 def test_learning_rate_schedule():

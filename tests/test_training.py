@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fastnas import data, genotypes
-from fastnas.checkpoint import load_checkpoint, save_atomic, write_json_atomic
+from fastnas import DARTSOptimizer, data, genotypes
+from fastnas.checkpoint import describe, load_checkpoint, save_atomic, write_json_atomic
 from fastnas.errors import UserError
 from fastnas.training import (
     FinalTrainer,
@@ -154,8 +154,13 @@ def test_callback_can_stop_and_empty_loaders_are_errors():
         trainer.evaluate([])
     with pytest.raises(TypeError, match="Genotype"):
         FinalTrainer("DARTS_V2", TINY)
-    with pytest.raises(ValueError, match=r"not a FinalTrainer state: missing \['optimizer'"):
+    with pytest.raises(ValueError, match=r"not a fastnas checkpoint"):
         trainer.load_state_dict({"model": {}, "epoch": 1, "rng": {}})
+    with pytest.raises(ValueError, match=r"not a FinalTrainer state: missing \['optimizer'"):
+        trainer.load_state_dict({**describe("train"), "model": {}, "epoch": 1, "rng": {}})
+    with pytest.raises(ValueError, match="a train checkpoint, not a search checkpoint"):
+        DARTSOptimizer(dict(channels=4, layers=3, device="cpu")).load_state_dict(
+            trainer.state_dict())
     empty = FinalTrainer(genotypes.DARTS_V2, TINY).metrics()
     assert empty["test_accuracy"] is None and empty["multiply_adds"] is None
 

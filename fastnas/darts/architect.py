@@ -18,6 +18,10 @@ with the Hessian-vector product by central finite differences around ``w``:
 No copy of the model is made: the virtual and perturbed weights are plain tensors passed to the
 model through ``torch.func.functional_call``, and BatchNorm running statistics are left untouched
 by those extra passes (they see copies of the buffers).
+
+Under torchrun each rank computes these gradients on its shard of the batches and they are
+averaged over the ranks as soon as they are computed (``_grad``), before the next stage uses
+them, so every rank takes the bitwise same step.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from .. import distributed
+
 
 class Architect:
     """Computes and applies the architecture gradient for a supernet.
@@ -38,13 +44,17 @@ class Architect:
     (mixed precision); the finite-difference arithmetic itself is always done in fp32 or wider.
     ``loss_scale`` (fp16) is a zero-argument callable giving the factor every loss is multiplied
     by before differentiation and every gradient divided by right after; a step whose gradient
-    is not finite is skipped (``skipped_steps`` counts them).
+    is not finite is skipped (``skipped_steps`` counts them). ``check(quantity, value)``, if
+    given, vets the validation loss and the alpha gradient before they are used: it returns
+    False to skip the step or raises (``fastnas.engine.NonFiniteGuard``); with a loss scale,
+    non-finite gradients are the scale's business and are not passed to it.
     """
 
     def __init__(self, model: nn.Module, lr: float, betas=(0.5, 0.999), weight_decay: float = 1e-3,
                  order: int = 1, momentum: float = 0.9, network_weight_decay: float = 3e-4,
                  hessian_r: float = 0.01, autocast: Optional[Callable] = None,
-                 loss_scale: Optional[Callable[[], float]] = None):
+                 loss_scale: Optional[Callable[[], float]] = None,
+                 check: Optional[Callable[[str, object], bool]] = None):
         self.model = model
         self.order = order
         self.momentum = momentum
@@ -52,6 +62,7 @@ class Architect:
         self.hessian_r = hessian_r
         self.autocast = autocast or contextlib.nullcontext
         self.loss_scale = loss_scale
+        self.check = check
         self.skipped_steps = 0
         self.optimizer = torch.optim.Adam(model.alphas(), lr=lr, betas=betas,
                                           weight_decay=weight_decay)
@@ -73,31 +84,44 @@ class Architect:
 
     def _grad(self, loss, inputs, **kwargs):
         """``torch.autograd.grad`` of ``loss``, through the loss scale when there is one; the
-        gradients come back unscaled (fp32 for fp32 inputs)."""
+        gradients come back unscaled (fp32 for fp32 inputs) and, under torchrun, averaged over
+        the ranks: every quantity a later stage uses (the alpha gradient, the virtual-step
+        gradient that makes ``w'``, ``v``, and both finite-difference alpha gradients) is then
+        the same on every rank."""
         if self.loss_scale is None:
-            return torch.autograd.grad(loss, inputs, **kwargs)
+            return tuple(distributed.averaged(torch.autograd.grad(loss, inputs, **kwargs)))
         scale = float(self.loss_scale())
         grads = torch.autograd.grad(loss * scale, inputs, **kwargs)
-        return tuple(None if g is None else g / scale for g in grads)
+        return tuple(distributed.averaged([None if g is None else g / scale for g in grads]))
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, train_batch, val_batch, xi: float, weight_optimizer: torch.optim.Optimizer):
-        """One Adam step on the alphas; returns ``(val_loss, val_logits)`` of the minimized loss."""
+        """One Adam step on the alphas; returns ``(val_loss, val_logits, applied)`` of the
+        minimized loss (``applied`` False: the step was skipped)."""
         alphas = self.model.alphas()
         if self.order == 1:
             loss, logits = self.loss(*val_batch)
+            if self.check is not None and not self.check("validation loss", loss.detach()):
+                return loss.detach(), logits.detach(), False
             grads = self._grad(loss, alphas)
         else:
             grads, loss, logits = self.unrolled_gradient(train_batch, val_batch, xi,
                                                          weight_optimizer)
-        if self.loss_scale is not None and not all(torch.isfinite(g).all() for g in grads):
-            self.skipped_steps += 1  # fp16 overflow: keep the alphas
-            return loss.detach(), logits.detach()
+        if self.loss_scale is not None:
+            if not all(torch.isfinite(g).all() for g in grads):
+                self.skipped_steps += 1  # fp16 overflow: keep the alphas
+                return loss.detach(), logits.detach(), False
+        elif self.check is not None:
+            if self.order == 2 and not self.check("validation loss", loss.detach()):
+                return loss.detach(), logits.detach(), False
+            if not self.check("alpha gradient", torch.stack([g.detach().abs().max()
+                                                             for g in grads])):
+                return loss.detach(), logits.detach(), False
         for a, g in zip(alphas, grads):
             a.grad = g.detach().to(a.dtype)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), logits.detach()
+        return loss.detach(), logits.detach(), True
 
     def virtual_weights(self, train_batch, xi: float, weight_optimizer) -> Dict[str, torch.Tensor]:
         """``w' = w - xi * (m * buf + grad_w L_train(w, a) + wd * w)`` as detached tensors."""

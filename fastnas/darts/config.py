@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import Config, choice, device, flag, integer, number
+from ..config import LoopConfig, choice, device, flag, integer, number
 from ..supernet import SUPERNETS
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
@@ -17,7 +17,7 @@ LEGACY_BACKENDS = {"auto": ("fast", None), "reference": ("reference", None),
 
 
 @dataclass
-class DARTSConfig(Config):
+class DARTSConfig(LoopConfig):
     """DARTS search settings (Liu et al., 2019). ``num_steps`` is the number of search epochs.
 
     Weights: SGD with ``learning_rate_w`` cosine-annealed per epoch to ``lr_min``, ``momentum``,

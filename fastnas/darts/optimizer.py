@@ -16,14 +16,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import Resumable
+from .. import distributed
+from ..checkpoint import Resumable, check_kind, check_tensors_fit, describe
 from ..engine import (
     Batch,
+    NonFiniteGuard,
     RunningMean,
     accuracy,
     check_batch,
     check_epochs,
     cosine_lr,
+    grad_norm,
     paired,
     run_epochs,
     to_device,
@@ -63,11 +66,12 @@ class DARTSOptimizer(Resumable):
         self.weight_optimizer = torch.optim.SGD(self.model.weights(), lr=cfg.learning_rate_w,
                                                 momentum=cfg.momentum,
                                                 weight_decay=cfg.weight_decay)
+        self.guard = NonFiniteGuard(cfg.on_nonfinite, cfg.max_nonfinite_skips)
         self.architect = Architect(self.model, lr=cfg.learning_rate_alpha, betas=(0.5, 0.999),
                                    weight_decay=cfg.arch_weight_decay, order=cfg.order,
                                    momentum=cfg.momentum, network_weight_decay=cfg.weight_decay,
                                    hessian_r=cfg.hessian_r, autocast=self._autocast,
-                                   loss_scale=self.precision.loss_scale)
+                                   loss_scale=self.precision.loss_scale, check=self._check)
         self.total_epochs = cfg.num_steps
         self.epoch = 0  # completed epochs
         self.global_step = 0
@@ -101,6 +105,9 @@ class DARTSOptimizer(Resumable):
             return contextlib.nullcontext()
         return differentiating(self.model, params)
 
+    def _check(self, quantity: str, value) -> bool:
+        return self.guard.ok(quantity, value, self.epoch, self.global_step)
+
     def _set_lr(self, lr: float):
         self.lr = lr
         for group in self.weight_optimizer.param_groups:
@@ -116,33 +123,27 @@ class DARTSOptimizer(Resumable):
         """Architecture step on ``val_batch``, then weight step on ``train_batch``.
 
         Returns ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (of the loss the
-        architecture step minimized) and ``lr``.
+        architecture step minimized), ``lr`` and ``skipped`` (True when a non-finite value made
+        ``on_nonfinite='skip'`` drop an update). Raises ``NonFiniteError`` under ``'stop'``.
         """
         train_batch = self._batch("train_batch", train_batch)
         val_batch = self._batch("val_batch", val_batch)
         self.model.train()
         with self._differentiating(self.arch_parameters(), self.config.order == 1):
-            val_loss, val_logits = self.architect.step(train_batch, val_batch, self.lr,
-                                                       self.weight_optimizer)
+            val_loss, val_logits, arch_applied = self.architect.step(
+                train_batch, val_batch, self.lr, self.weight_optimizer)
         x, y = train_batch
         self.weight_optimizer.zero_grad(set_to_none=True)
         with self._autocast(), self._differentiating(self.weight_parameters()):
             logits = self.model(x)
         loss = F.cross_entropy(upcast(logits), y)
         weights = self.weight_parameters()
-        scaler = self.precision.scaler
-        if scaler is None:
-            loss.backward(inputs=weights)
-            if self.config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(weights, self.config.grad_clip)
-            self.weight_optimizer.step()
-        else:  # fp16: scaled backward, unscale before clipping, skip the step on overflow
-            scaler.scale(loss).backward(inputs=weights)
-            scaler.unscale_(self.weight_optimizer)
-            if self.config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(weights, self.config.grad_clip)
-            scaler.step(self.weight_optimizer)
-            scaler.update()
+        applied = self._weight_step(loss, weights)
+        if applied or arch_applied:
+            self.guard.check_weights([*weights, *self.arch_parameters(), *self._statistics()],
+                                     self.epoch, self.global_step)
+        if applied and arch_applied:
+            self.guard.applied()
         self.global_step += 1
         return {
             "train_loss": loss.item(),
@@ -150,7 +151,36 @@ class DARTSOptimizer(Resumable):
             "val_loss": val_loss.item(),
             "val_acc": accuracy(val_logits, val_batch[1]),
             "lr": self.lr,
+            "skipped": not (applied and arch_applied),
         }
+
+    def _weight_step(self, loss: torch.Tensor, weights: List[nn.Parameter]) -> bool:
+        """SGD on the weights with the gradient norm clipped; False when skipped."""
+        clip = self.config.grad_clip
+        scaler = self.precision.scaler
+        if scaler is not None:  # fp16: scaled backward, unscale before clipping; the scaler
+            scaler.scale(loss).backward(inputs=weights)  # skips non-finite gradients itself
+            distributed.average_gradients(weights)
+            scaler.unscale_(self.weight_optimizer)
+            if clip is not None:
+                nn.utils.clip_grad_norm_(weights, clip)
+            scaler.step(self.weight_optimizer)
+            scaler.update()
+            return True
+        if not self._check("train loss", loss.detach()):
+            return False
+        loss.backward(inputs=weights)
+        distributed.average_gradients(weights)   # under torchrun: the mean over the ranks
+        norm = nn.utils.clip_grad_norm_(weights, clip) if clip is not None else grad_norm(weights)
+        if not self._check("weight gradient norm", norm):
+            self.weight_optimizer.zero_grad(set_to_none=True)
+            return False
+        self.weight_optimizer.step()
+        return True
+
+    def _statistics(self) -> List[torch.Tensor]:
+        """The floating-point buffers (BatchNorm running statistics)."""
+        return [b for b in self.model.buffers() if b.is_floating_point()]
 
     # -- the search loop ----------------------------------------------------------------------
     def search(self, train_loader: Iterable, val_loader: Iterable, epochs: Optional[int] = None,
@@ -175,13 +205,16 @@ class DARTSOptimizer(Resumable):
                 stats = self.step(train_batch, val_batch)
                 steps += 1
                 n_train, n_val = len(train_batch[1]), len(val_batch[1])
-                for k in means:
-                    means[k].add(stats[k], n_train if k.startswith("train") else n_val)
+                if not stats["skipped"]:
+                    for k in means:
+                        means[k].add(stats[k], n_train if k.startswith("train") else n_val)
                 if on_step is not None:
                     on_step(self, stats)
             if steps == 0:
                 raise ValueError("train_loader yielded no batches")
-            return {"lr": self.lr, "steps": steps, **{k: m.value for k, m in means.items()},
+            distributed.average_buffers(self.model)   # one set of BN statistics for every rank
+            return {"lr": self.lr, "steps": steps, "skipped_steps": self.guard.skipped,
+                    **{k: m.reduced().value for k, m in means.items()},
                     "genotype": str(self.genotype()),
                     "alphas_normal": F.softmax(self.model.alphas_normal.detach(), -1).cpu(),
                     "alphas_reduce": F.softmax(self.model.alphas_reduce.detach(), -1).cpu()}
@@ -191,7 +224,9 @@ class DARTSOptimizer(Resumable):
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> Dict[str, float]:
-        """Loss and accuracy of the supernet (current alphas) on ``loader``, in eval mode."""
+        """Loss and accuracy of the supernet (current alphas) on ``loader``, in eval mode
+        (under torchrun: over every rank's shard)."""
+        distributed.average_buffers(self.model)
         self.model.eval()
         loss, acc = RunningMean(), RunningMean()
         try:
@@ -203,6 +238,7 @@ class DARTSOptimizer(Resumable):
                 acc.add(accuracy(logits, y), len(y))
         finally:
             self.model.train()
+        loss, acc = loss.reduced(), acc.reduced()
         if acc.count == 0:
             raise ValueError("the evaluation loader yielded no batches")
         return {"loss": loss.value, "accuracy": acc.value}
@@ -231,6 +267,7 @@ class DARTSOptimizer(Resumable):
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to take the identical next step; safe for ``weights_only`` loads."""
         return {
+            **describe("search", "darts"),
             "config": self.config.to_dict(),
             "model": self.model.state_dict(),
             "weight_optimizer": self.weight_optimizer.state_dict(),
@@ -244,13 +281,18 @@ class DARTSOptimizer(Resumable):
             "rng": get_rng_state(),
             "history": self.history,
             "told": [(str(g), s) for g, s in self.told],
+            "nonfinite": self.guard.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()``'s output; another kind of state, or tensors that do not fit
+        this optimizer's config, raise a ValueError that says which."""
+        check_kind(state, "search", "darts")
         missing = [k for k in ("model", "weight_optimizer", "arch_optimizer", "epoch", "rng")
                    if k not in state]
         if missing:
             raise ValueError(f"not a DARTSOptimizer state: missing {missing}")
+        check_tensors_fit(self.model, state["model"])
         self.model.load_state_dict(state["model"])
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
         self.architect.load_state_dict(state["arch_optimizer"])
@@ -262,6 +304,7 @@ class DARTSOptimizer(Resumable):
         self._set_lr(float(state.get("lr", self.lr)))
         self.history = list(state.get("history", []))
         self.told = [(Genotype.parse(g), float(s)) for g, s in state.get("told", [])]
+        self.guard.load_state_dict(state.get("nonfinite", {}))
         set_rng_state(state["rng"])
 
 

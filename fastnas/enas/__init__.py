@@ -2,9 +2,8 @@
 weight-sharing supergraph, in the micro (cells, ``fastnas.Genotype``) or the macro (whole
 networks, ``MacroArch``) search space.
 """
-import json
 
-from ..genotypes import Genotype
+from ..genotypes import Genotype, parse_json, read_architecture_file
 from .config import SEARCH_SPACES, ENASConfig
 from .controller import MacroController, MicroController
 from .macro import MACRO_OPS, MacroArch, MacroNetwork, MacroSupernet
@@ -15,16 +14,12 @@ from .optimizer import ENASOptimizer
 def load_architecture(path: str):
     """Read an architecture file: a ``MacroArch`` (JSON with ``ops``/``skips``, or its text) or
     otherwise a ``Genotype``."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_architecture_file(path, "architecture")
     stripped = text.lstrip()
     if stripped.startswith("MacroArch"):
         return MacroArch.parse(text)
     if stripped.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: JSON does not parse: {e}") from None
+        data = parse_json(text, f"{path}: JSON")
         if isinstance(data, dict) and "ops" in data:
             return MacroArch.from_dict(data)
         return Genotype.from_dict(data)

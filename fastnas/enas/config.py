@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import Config, check_int, choice, device, integer, number
+from ..config import LoopConfig, check_int, choice, device, integer, number
 
 SEARCH_SPACES = ("micro", "macro")
 
@@ -22,7 +22,7 @@ SPACE_DEFAULTS = {
 
 
 @dataclass
-class ENASConfig(Config):
+class ENASConfig(LoopConfig):
     """ENAS search settings (Pham et al., ICML 2018). ``num_steps`` is the number of epochs.
 
     Search space: ``micro`` searches a normal and a reduction cell of ``num_nodes`` nodes stacked

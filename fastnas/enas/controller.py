@@ -18,7 +18,7 @@ sampled architectures then never depend on the device.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, List, Optional, Sequence
 
 import torch
@@ -28,12 +28,14 @@ import torch.nn.functional as F
 
 @dataclass
 class ControllerPass:
-    """The outcome of one pass: flat choices, their log-probability, entropy and skip penalty."""
+    """The outcome of one pass: flat choices, their log-probability, entropy and skip penalty,
+    and per decision the probabilities ``softmax(l_t)`` of its options (plain floats)."""
 
     choices: List[int]
     log_prob: torch.Tensor
     entropy: torch.Tensor
     skip_penalty: torch.Tensor
+    probabilities: List[List[float]] = field(default_factory=list)
 
 
 class _Decisions:
@@ -47,6 +49,7 @@ class _Decisions:
         self.choices: List[int] = []
         self.log_probs: List[torch.Tensor] = []
         self.entropies: List[torch.Tensor] = []
+        self.probabilities: List[List[float]] = []
 
     def take(self, logits: torch.Tensor) -> torch.Tensor:
         """One decision per row of ``logits`` ``[rows, k]``; returns the indices ``[rows]``."""
@@ -68,14 +71,17 @@ class _Decisions:
         self.choices.extend(index.tolist())
         self.log_probs.append(log_p.gather(1, index.view(-1, 1)).sum())
         with torch.no_grad():
-            self.entropies.append(-(log_p.exp() * log_p).sum())
+            p = log_p.exp()
+            self.entropies.append(-(p * log_p).sum())
+            self.probabilities.extend(p.tolist())
         return index
 
     def finish(self, skip_penalty: torch.Tensor) -> ControllerPass:
         if self._forced is not None and next(self._forced, None) is not None:
             raise ValueError("the architecture has more decisions than the search space")
         return ControllerPass(self.choices, torch.stack(self.log_probs).sum(),
-                              torch.stack(self.entropies).sum(), skip_penalty)
+                              torch.stack(self.entropies).sum(), skip_penalty,
+                              self.probabilities)
 
 
 class _LSTMController(nn.Module):

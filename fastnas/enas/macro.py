@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import write_json_atomic
+from ..genotypes import parse_json, read_architecture_file
 from ..ops import FactorizedReduce
 from .micro import batch_statistics_only
 
@@ -116,11 +117,8 @@ class MacroArch:
         if not m:
             raise ValueError("macro architecture text must look like "
                              "MacroArch(ops=[...], skips=[[...], ...])")
-        try:
-            ops = json.loads(m.group(1).replace("'", '"'))
-            skips = json.loads(m.group(2))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"macro architecture text does not parse: {e}") from None
+        ops = parse_json(m.group(1).replace("'", '"'), "macro architecture text")
+        skips = parse_json(m.group(2), "macro architecture text")
         return cls(ops, skips)
 
     def to_dict(self) -> dict:
@@ -146,11 +144,7 @@ class MacroArch:
 
     @classmethod
     def from_json(cls, text: str) -> MacroArch:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"macro architecture JSON does not parse: {e}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(parse_json(text, "macro architecture JSON"))
 
     def save(self, path: str) -> None:
         """Write JSON atomically (temp file, then rename)."""
@@ -159,8 +153,7 @@ class MacroArch:
     @classmethod
     def load(cls, path: str) -> MacroArch:
         """Read a file written by ``save`` (JSON) or holding ``str(arch)``."""
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = read_architecture_file(path, "macro architecture")
         return cls.from_json(text) if text.lstrip().startswith("{") else cls.parse(text)
 
 

@@ -33,7 +33,6 @@ from typing import (
     Callable,
     Dict,
     Iterable,
-    Iterator,
     List,
     Mapping,
     Optional,
@@ -46,14 +45,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import Resumable
+from .. import distributed
+from ..checkpoint import Resumable, check_kind, check_tensors_fit, describe
 from ..engine import (
     Batch,
+    BatchStream,
+    NonFiniteGuard,
     RunningMean,
     accuracy,
     check_batch,
     check_epochs,
     cosine_lr,
+    grad_norm,
     run_epochs,
     to_device,
 )
@@ -121,6 +124,10 @@ class ENASOptimizer(Resumable):
         self._set_lr(self.lr)
         self.history: List[Dict[str, Any]] = []
         self.derived: Optional[Arch] = None  # search's final pick
+        self.guard = NonFiniteGuard(cfg.on_nonfinite, cfg.max_nonfinite_skips)
+        # The controller's validation batches run on across epochs: their position is state.
+        self.val_stream: Optional[BatchStream] = None
+        self._val_position = (0, 0)
 
     # -- architectures ------------------------------------------------------------------------
     def choices(self, arch: Arch) -> List[int]:
@@ -194,8 +201,13 @@ class ENASOptimizer(Resumable):
             self.choices(a)  # validate all before changing anything
         loss, baseline, stats = self.reinforce_loss(archs, rewards)
         self.controller_optimizer.zero_grad(set_to_none=True)
+        if not self._check("controller loss", loss.detach()):
+            stats["skipped"] = True
+            return stats
         loss.backward()
         self.controller_optimizer.step()
+        self.guard.check_weights(list(self.controller.parameters()), self.epoch,
+                                 self.global_step, "controller weights after the update")
         self.baseline = baseline
         self.controller_step += 1
         if not self.micro:
@@ -214,13 +226,30 @@ class ENASOptimizer(Resumable):
         self.shared_optimizer.zero_grad(set_to_none=True)
         logits = self.model(x, arch)
         loss = F.cross_entropy(logits, y)
-        loss.backward()
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.shared_optimizer.step()
+        applied = self._shared_step(loss)
         self.global_step += 1
         return {"train_loss": loss.item(), "train_acc": accuracy(logits, y), "lr": self.lr,
-                "arch": str(arch)}
+                "arch": str(arch), "skipped": not applied}
+
+    def _shared_step(self, loss: torch.Tensor) -> bool:
+        """SGD on the shared weights with the gradient norm clipped; False when skipped."""
+        if not self._check("train loss", loss.detach()):
+            return False
+        loss.backward()
+        params = list(self.model.parameters())
+        distributed.average_gradients(params)   # the sampled child's, the same on every rank
+        clip = self.config.grad_clip
+        norm = nn.utils.clip_grad_norm_(params, clip) if clip is not None else grad_norm(params)
+        if not self._check("weight gradient norm", norm):
+            self.shared_optimizer.zero_grad(set_to_none=True)
+            return False
+        self.shared_optimizer.step()
+        self.guard.check_weights(params, self.epoch, self.global_step)
+        self.guard.applied()
+        return True
+
+    def _check(self, quantity: str, value) -> bool:
+        return self.guard.ok(quantity, value, self.epoch, self.global_step)
 
     @torch.no_grad()
     def reward(self, arch: Arch, val_batch: Batch) -> float:
@@ -230,9 +259,16 @@ class ENASOptimizer(Resumable):
         return accuracy(self.model(x, arch), y)
 
     def train_controller(self, val_batch: Batch) -> Dict[str, float]:
-        """Sample ``controller_samples`` architectures, reward each on ``val_batch``, ``tell``."""
-        archs = [self.ask() for _ in range(self.config.controller_samples)]
-        rewards = [self.reward(a, val_batch) for a in archs]
+        """Sample ``controller_samples`` architectures, reward each on ``val_batch``, ``tell``.
+
+        Under torchrun with ``N`` ranks every rank samples the same ``N * controller_samples``
+        architectures (one generator, in step), scores its own block of them on its validation
+        shard, and all ranks ``tell`` all of them with the gathered rewards: ``N`` times the
+        samples per update, and the same update on every rank."""
+        n, r = self.config.controller_samples, distributed.rank()
+        archs = [self.ask() for _ in range(n * distributed.world_size())]
+        mine = [self.reward(a, val_batch) for a in archs[r * n:(r + 1) * n]]
+        rewards = [reward for block in distributed.gather(mine) for reward in block]
         return self.tell(archs, rewards)
 
     # -- the search loop ----------------------------------------------------------------------
@@ -244,13 +280,14 @@ class ENASOptimizer(Resumable):
 
         Continues from ``self.epoch``, so a loaded state resumes where it stopped. After each
         epoch a record (shared loss/accuracy, controller reward, baseline, entropy, the greedy
-        architecture, seconds) is appended to ``history`` and passed to ``callback(self,
-        record)``; a callback returning False stops the search. ``on_step(self, stats)`` is
-        called after every shared-weight step.
+        architecture and its per-decision probabilities ``decision_probs``, seconds) is appended
+        to ``history`` and passed to ``callback(self, record)``; a callback returning False
+        stops the search. ``on_step(self, stats)`` is called after every shared-weight step.
         """
         if epochs is not None:
             self.total_epochs = check_epochs(epochs)
-        val_batches = _cycle(val_loader)
+        self.val_stream = val_batches = BatchStream(val_loader, "val_loader")
+        val_batches.restore(self._val_position)
 
         def run_epoch(epoch: int) -> Dict[str, Any]:
             self._set_lr(self.lr_at(epoch))
@@ -259,22 +296,31 @@ class ENASOptimizer(Resumable):
             for batch in train_loader:
                 stats = self.step(batch)
                 steps += 1
-                for k, m in shared.items():
-                    m.add(stats[k], len(batch[1]))
+                if not stats["skipped"]:
+                    for k, m in shared.items():
+                        m.add(stats[k], len(batch[1]))
                 if on_step is not None:
                     on_step(self, stats)
             if steps == 0:
                 raise ValueError("train_loader yielded no batches")
             ctrl: Dict[str, RunningMean] = {}
             for _ in range(self.config.controller_steps):
-                for k, v in self.train_controller(next(val_batches)).items():
+                stats = self.train_controller(next(val_batches))
+                if stats.pop("skipped", False):
+                    continue
+                for k, v in stats.items():
                     ctrl.setdefault(k, RunningMean()).add(v, 1)
-            return {"lr": self.lr, "steps": steps, **{k: m.value for k, m in shared.items()},
+            distributed.average_buffers(self.model)
+            with torch.no_grad():  # greedy: draws no random numbers
+                greedy = self.controller(greedy=True, generator=self.generator)
+            return {"lr": self.lr, "steps": steps, "skipped_steps": self.guard.skipped,
+                    **{k: m.reduced().value for k, m in shared.items()},
                     "controller_steps": self.config.controller_steps,
                     **{k: m.value for k, m in ctrl.items() if k != "baseline"},
                     "val_acc": ctrl["reward"].value if ctrl else float("nan"),
                     "baseline": self.baseline if self.baseline is not None else float("nan"),
-                    "arch": str(self.ask(greedy=True))}
+                    "arch": str(self._arch(greedy.choices)),
+                    "decision_probs": greedy.probabilities}
 
         run_epochs(self, run_epoch, callback)
         self.derived = self.derive(val_data=next(val_batches))
@@ -302,7 +348,7 @@ class ENASOptimizer(Resumable):
     @torch.no_grad()
     def evaluate(self, loader: Iterable, arch: Optional[Arch] = None) -> Dict[str, float]:
         """Loss and accuracy on ``loader`` of ``arch`` (default: ``architecture()``) with the
-        shared weights."""
+        shared weights (under torchrun: over every rank's shard)."""
         arch = self.architecture() if arch is None else arch
         self.choices(arch)
         loss, acc = RunningMean(), RunningMean()
@@ -311,6 +357,7 @@ class ENASOptimizer(Resumable):
             logits = self.model(x, arch)
             loss.add(F.cross_entropy(logits, y).item(), len(y))
             acc.add(accuracy(logits, y), len(y))
+        loss, acc = loss.reduced(), acc.reduced()
         if acc.count == 0:
             raise ValueError("the evaluation loader yielded no batches")
         return {"loss": loss.value, "accuracy": acc.value}
@@ -340,6 +387,7 @@ class ENASOptimizer(Resumable):
         """Controller, shared weights, both optimizers, baseline, counters and every RNG; a
         loaded optimizer samples and updates exactly as this one would. ``weights_only`` safe."""
         return {
+            **describe("search", "enas"),
             "config": self.config.to_dict(),
             "controller": self.controller.state_dict(),
             "model": self.model.state_dict(),
@@ -353,14 +401,22 @@ class ENASOptimizer(Resumable):
             "lr": self.lr,
             "rng": get_rng_state(),
             "controller_rng": self.generator.get_state(),
+            "val_position": list(self.val_stream.position if self.val_stream is not None
+                                 else self._val_position),
+            "nonfinite": self.guard.state_dict(),
             "history": self.history,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore ``state_dict()``'s output; another kind of state, or tensors that do not fit
+        this optimizer's config, raise a ValueError that says which."""
+        check_kind(state, "search", "enas")
         missing = [k for k in ("controller", "model", "controller_optimizer", "shared_optimizer",
                                "epoch", "rng", "controller_rng") if k not in state]
         if missing:
             raise ValueError(f"not an ENASOptimizer state: missing {missing}")
+        check_tensors_fit(self.controller, state["controller"], "the checkpoint's controller")
+        check_tensors_fit(self.model, state["model"])
         self.controller.load_state_dict(state["controller"])
         self.model.load_state_dict(state["model"])
         self.controller_optimizer.load_state_dict(state["controller_optimizer"])
@@ -375,6 +431,9 @@ class ENASOptimizer(Resumable):
         self.history = list(state.get("history", []))
         set_rng_state(state["rng"])
         self.generator.set_state(state["controller_rng"])
+        self._val_position = tuple(state.get("val_position", (0, 0)))
+        self.val_stream = None
+        self.guard.load_state_dict(state.get("nonfinite", {}))
 
 
 
@@ -399,15 +458,6 @@ def _is_batch(data) -> bool:
     return (isinstance(data, (tuple, list)) and len(data) == 2
             and all(isinstance(t, torch.Tensor) for t in data))
 
-
-def _cycle(loader: Iterable) -> Iterator:
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("val_loader yielded no batches")
 
 
 __all__ = ["ENASOptimizer"]

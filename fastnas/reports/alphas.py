@@ -1,0 +1,195 @@
+"""The alpha history: how a search's architecture weights moved, epoch by epoch (``alphas.json``).
+
+- DARTS: per edge (normal and reduce cell), ``softmax(alpha_e)`` over ``PRIMITIVES``: the weights
+  ``w_e,k`` of ``sum_k w_e,k op_k(x)``, as the search's history records hold them after each epoch.
+- ENAS: per controller decision, the probabilities ``softmax(l_t)`` of its options in the
+  controller's greedy pass after each epoch (micro: per cell and node, two inputs and two ops;
+  macro: per layer an op and one skip bit per earlier layer).
+
+Each distribution is a *panel* (one small plot in the ``alphas`` figure, one scalar group in
+TensorBoard): its cell or group, its place in the grid (``row``: the node or layer, ``col``: the
+incoming edge or decision), a title, a tag-safe ``key`` and the names of its options.
+
+``alphas.json`` holds the panels, then one line per epoch (``weights[epoch][panel][option]``)::
+
+    {"format": 1, "method": "darts", "what": "softmax of the alphas per edge",
+     "panels": [{"group": "normal", "row": 0, "col": 0, "title": "c_{k-2} -> 0", ...}, ...],
+     "epochs": [0, 1, ...],
+     "weights": [
+      [[0.125, ...], ...],
+      ...]}
+
+The search stage rewrites it after every epoch from the optimizer's history, which the checkpoint
+holds, so a resumed search leaves the same file as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, List, Mapping, Sequence, Tuple
+
+from ..enas.macro import MACRO_OPS
+from ..enas.micro import MICRO_OPS
+from ..ops import PRIMITIVES
+
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One distribution: ``options`` of the edge or decision at (``group``, ``row``, ``col``)."""
+
+    group: str
+    row: int
+    col: int
+    title: str
+    key: str
+    options: Tuple[str, ...]
+
+
+@dataclass
+class AlphaHistory:
+    """``weights[e][p][k]``: after epoch ``epochs[e]``, the weight of option ``k`` of panel
+    ``p``."""
+
+    method: str
+    what: str
+    panels: List[Panel]
+    epochs: List[int]
+    weights: List[List[List[float]]]
+
+    def series(self, panel: int) -> List[List[float]]:
+        """The panel's weights over the epochs: ``[option][epoch]``."""
+        return [[w[panel][k] for w in self.weights]
+                for k in range(len(self.panels[panel].options))]
+
+    def groups(self) -> List[str]:
+        return list(dict.fromkeys(p.group for p in self.panels))
+
+    # -- from a search ----------------------------------------------------------------------------
+    @classmethod
+    def from_search(cls, method: str, config: Mapping[str, Any],
+                    history: Sequence[Mapping[str, Any]]) -> AlphaHistory:
+        """From a search's history records (tensors or lists) and its config (a dict). Records
+        written before the weights were recorded (none of their keys) are left out."""
+        if method == "darts":
+            panels = darts_panels(int(config.get("num_nodes", 4)))
+            keys, what = ("alphas_normal", "alphas_reduce"), "softmax of the alphas per edge"
+        elif method == "enas":
+            if config.get("search_space", "micro") == "micro":
+                panels = micro_panels(int(config.get("num_nodes", 5)))
+            else:
+                panels = macro_panels(int(config.get("num_layers", 12)))
+            keys, what = ("decision_probs",), "controller decision probabilities (greedy pass)"
+        else:
+            raise ValueError(f"no alpha history for search method {method!r}")
+        records = [r for r in history if any(k in r for k in keys)]
+        rows = [[row for k in keys for row in _rows(r, k)] for r in records]
+        out = cls(method, what, panels, [int(r["epoch"]) for r in records], rows)
+        out.check()
+        return out
+
+    def check(self) -> None:
+        """ValueError unless every epoch has one distribution per panel, of its options' size."""
+        if len(self.weights) != len(self.epochs):
+            raise ValueError(f"{len(self.epochs)} epochs but {len(self.weights)} weight rows")
+        for epoch, row in zip(self.epochs, self.weights):
+            if len(row) != len(self.panels):
+                raise ValueError(f"epoch {epoch}: {len(row)} distributions for "
+                                 f"{len(self.panels)} panels")
+            for panel, w in zip(self.panels, row):
+                if len(w) != len(panel.options) or not all(
+                        isinstance(v, (int, float)) and math.isfinite(v) for v in w):
+                    raise ValueError(f"epoch {epoch}, {panel.group} {panel.title}: expected "
+                                     f"{len(panel.options)} finite weights, got {w!r}")
+
+    # -- the file ---------------------------------------------------------------------------------
+    def write(self, path: str) -> None:
+        """``alphas.json``, atomically (temp file, then rename); one line per epoch."""
+        head = {"format": FORMAT, "method": self.method, "what": self.what,
+                "panels": [asdict(p) for p in self.panels], "epochs": self.epochs}
+        lines = ",\n ".join(json.dumps(w, separators=(",", ":")) for w in self.weights)
+        text = json.dumps(head)[:-1] + ',\n "weights": [\n ' + lines + "]}\n"
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+
+    @classmethod
+    def read(cls, path: str) -> AlphaHistory:
+        """Read ``alphas.json``; ValueError naming the file if it is not one."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
+            panels = [Panel(str(p["group"]), int(p["row"]), int(p["col"]), str(p["title"]),
+                            str(p["key"]), tuple(str(o) for o in p["options"]))
+                      for p in data["panels"]]
+            out = cls(str(data["method"]), str(data["what"]), panels,
+                      [int(e) for e in data["epochs"]], data["weights"])
+            out.check()
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"{path} is not an alpha history: {e}") from None
+        return out
+
+
+def _rows(record: Mapping[str, Any], key: str) -> List[List[float]]:
+    value = record.get(key)
+    if value is None:
+        raise ValueError(f"epoch {record.get('epoch')}: the history record has no {key!r}")
+    return value.tolist() if hasattr(value, "tolist") else [list(v) for v in value]
+
+
+# -- the panels of each search space --------------------------------------------------------------
+def state_name(j: int) -> str:
+    """State ``j`` of a cell: the two cell inputs ``c_{k-2}``, ``c_{k-1}``, then nodes 0, 1, ..."""
+    return ("c_{k-2}", "c_{k-1}")[j] if j < 2 else str(j - 2)
+
+
+def _state_key(j: int) -> str:
+    return ("k-2", "k-1")[j] if j < 2 else str(j - 2)
+
+
+def darts_panels(num_nodes: int) -> List[Panel]:
+    """Edge ``(j -> i)`` of each cell, numbered node by node as the supernet's alpha rows."""
+    return [Panel(cell, i, j, f"{state_name(j)} -> {i}", f"{i}_from_{_state_key(j)}",
+                  tuple(PRIMITIVES))
+            for cell in ("normal", "reduce") for i in range(num_nodes) for j in range(i + 2)]
+
+
+def micro_panels(num_nodes: int) -> List[Panel]:
+    """The micro controller's decisions: per cell, per node ``[input a, input b, op a, op b]``."""
+    panels = []
+    for cell in ("normal", "reduce"):
+        for i in range(num_nodes):
+            inputs = tuple(state_name(j) for j in range(i + 2))
+            for col, (kind, side, options) in enumerate((("input", "a", inputs),
+                                                         ("input", "b", inputs),
+                                                         ("op", "a", MICRO_OPS),
+                                                         ("op", "b", MICRO_OPS))):
+                panels.append(Panel(cell, i, col, f"node {i} {kind} {side}",
+                                    f"{i}_{kind}_{side}", tuple(options)))
+    return panels
+
+
+def macro_panels(num_layers: int) -> List[Panel]:
+    """The macro controller's decisions: per layer ``[op, skip_0, ..., skip_{l-1}]``."""
+    panels = []
+    for l in range(num_layers):
+        panels.append(Panel("layers", l, 0, f"layer {l} op", f"{l}_op", tuple(MACRO_OPS)))
+        panels += [Panel("layers", l, j + 1, f"layer {l} skip from {j}", f"{l}_skip_{j}",
+                         ("off", "on")) for j in range(l)]
+    return panels
+
+
+def write_alpha_history(path: str, method: str, config: Mapping[str, Any],
+                        history: Sequence[Mapping[str, Any]]) -> None:
+    """``AlphaHistory.from_search(method, config, history).write(path)``."""
+    AlphaHistory.from_search(method, config, history).write(path)
+
+
+__all__ = ["AlphaHistory", "Panel", "darts_panels", "macro_panels", "micro_panels",
+           "state_name", "write_alpha_history"]
