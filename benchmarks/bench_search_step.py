@@ -1,4 +1,5 @@
-"""pytest-benchmark suite of the DARTS search step: reference vs fast supernet.
+"""pytest-benchmark suite of the DARTS search step: reference vs fast supernet, eager and
+compiled (``fast-compiled``: ``compile=True``; its first, untimed step compiles for minutes).
 
     pytest benchmarks/bench_search_step.py                       # small network, quick
     FASTNAS_BENCH_SIZE=paper pytest benchmarks/bench_search_step.py --benchmark-columns=median
@@ -30,11 +31,13 @@ SIZE = {} if PAPER else dict(channels=8, layers=5)
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "ckpt"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("order", [1, 2], ids=["order1", "order2"])
-@pytest.mark.parametrize("supernet", ["reference", "fast"])
+@pytest.mark.parametrize("supernet", ["reference", "fast", "fast-compiled"])
 def test_search_step(benchmark, supernet, order, precision, checkpointing):
+    if supernet == "fast-compiled" and checkpointing:
+        pytest.skip("compile=True does not combine with checkpointing")
     cfg = make_config(supernet, order, precision, checkpointing, BATCH, DEVICE, **SIZE)
     _, step = make_step(cfg)
-    step()  # warm-up: first-call allocations and kernel selection
+    step()  # warm-up: first-call allocations and kernel selection (compilation if compiled)
     benchmark.extra_info.update(supernet=supernet, order=order, precision=precision,
                                 checkpointing=checkpointing, batch_size=BATCH, device=DEVICE,
                                 torch=torch.__version__, threads=torch.get_num_threads())

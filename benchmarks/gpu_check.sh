@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One prepared GPU check for fastnas: versions, the kernel tests compiled on the GPU (no
-# interpreter), then the kernel benchmarks. Target: under 8 minutes on one H100/H200-class GPU.
+# interpreter), the kernel benchmarks, then the search step eager / compiled / CUDA graphs.
+# Target: under 12 minutes on one H100/H200-class GPU.
 #
 #   bash benchmarks/gpu_check.sh                 # every step
 #   bash benchmarks/gpu_check.sh tests kernels   # chosen steps, in order
 #
 # Outputs go under $OUT when it is set, else benchmarks/out: versions.txt, kernel_tests.txt,
-# kernels/kernels.{csv,md} (the table to copy into benchmarks/RESULTS.md), kernel_bench.txt.
+# kernels/kernels.{csv,md} (the table to copy into benchmarks/RESULTS.md), kernel_bench.txt,
+# search_step/{compiled,cudagraphs}.{csv,md} (the search-step tables for RESULTS.md).
 # A failing step does not stop the later ones; the exit status is non-zero if any failed.
 set -euo pipefail
 
@@ -46,7 +48,9 @@ ensure_importable() {
 
 step_tests() {
   # Every kernel test, compiled for this GPU (conftest sets TRITON_INTERPRET only without CUDA).
-  timeout 300 python -m pytest tests/test_kernels*.py -q -p no:cacheprovider --durations=5 \
+  # The sm_80/sm_90 compile check needs no GPU: CI runs it on every commit, not here.
+  timeout 300 python -m pytest tests/test_kernels*.py tests/test_ops_custom.py -q \
+    -p no:cacheprovider --durations=5 --ignore=tests/test_kernels_gpu_targets.py \
     2>&1 | tee "$OUT_DIR/kernel_tests.txt"
 }
 
@@ -55,9 +59,23 @@ step_kernels() {
     2>&1 | tee "$OUT_DIR/kernel_bench.txt"
 }
 
-# --- Hook: further GPU benchmarks (e.g. the supernet's) are steps like the ones above: add a
+step_search() {
+  # The DARTS search step (paper network, first order, fp32, batch 64): reference, fast eager
+  # (Triton kernels), fast under torch.compile, then compiled with CUDA graphs
+  # (mode="reduce-overhead"). Speed, peak memory, GPU kernels per step, compile time; each
+  # prints a markdown table for benchmarks/RESULTS.md.
+  mkdir -p "$OUT_DIR/search_step"
+  local common=(--orders 1 --precisions fp32 --checkpointing off --batch-sizes 64 --steps 5)
+  timeout 420 python benchmarks/search_step.py "${common[@]}" \
+    --csv "$OUT_DIR/search_step/compiled.csv" 2>&1 | tee "$OUT_DIR/search_step/compiled.md"
+  timeout 300 python benchmarks/search_step.py "${common[@]}" --supernets reference fast-compiled \
+    --compile-mode reduce-overhead --csv "$OUT_DIR/search_step/cudagraphs.csv" \
+    2>&1 | tee "$OUT_DIR/search_step/cudagraphs.md"
+}
+
+# --- Hook: further GPU benchmarks are steps like the ones above: add a
 # --- `step_<name>() { ...; }` writing under "$OUT_DIR/<name>", and <name> to DEFAULT_STEPS.
-DEFAULT_STEPS="versions tests kernels"
+DEFAULT_STEPS="versions tests kernels search"
 
 failed=()
 ensure_importable

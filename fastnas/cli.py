@@ -184,6 +184,9 @@ def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="search batch size (default: 64)")
     g.add_argument("--order", type=int, choices=(1, 2), default=None,
                    help="1: first-order DARTS (default), 2: second-order (unrolled)")
+    g.add_argument("--compile", action="store_true", default=None,
+                   help="DARTS: run the supernet under torch.compile (minutes of compilation "
+                        "first; see README 'Speed and memory')")
 
 
 def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -218,7 +221,7 @@ def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 GUARD_KEYS = ("on_nonfinite", "max_nonfinite_skips")
-SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", *GUARD_KEYS)
+SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", "compile", *GUARD_KEYS)
 TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr_min", "momentum",
               "weight_decay", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
               "grad_clip", "sync_bn", *GUARD_KEYS)

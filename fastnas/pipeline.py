@@ -130,11 +130,13 @@ class SearchMethod:
 _COMMON_KEYS = {"epochs": "epochs", "channels": "channels", "batch_size": "batch_size",
                 "seed": "seed", "on_nonfinite": "on_nonfinite",
                 "max_nonfinite_skips": "max_nonfinite_skips"}
-# Settings a resumed stage may change: how long it runs, and what a non-finite value does.
-RESUME_MAY_CHANGE = ("epochs", "on_nonfinite", "max_nonfinite_skips")
+# Settings a resumed stage may change: how long it runs, what a non-finite value does, and
+# whether the supernet runs compiled (the same computation).
+RESUME_MAY_CHANGE = ("epochs", "on_nonfinite", "max_nonfinite_skips", "compile")
 SEARCH_METHODS: Dict[str, SearchMethod] = {
     "darts": SearchMethod("darts", DARTSOptimizer,
-                          {**_COMMON_KEYS, "layers": "layers", "order": "order"},
+                          {**_COMMON_KEYS, "layers": "layers", "order": "order",
+                           "compile": "compile"},
                           scored="supernet"),
     "enas": SearchMethod("enas", ENASOptimizer, {**_COMMON_KEYS, "layers": "num_layers"},
                          scored="derived child with the shared weights"),

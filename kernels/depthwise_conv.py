@@ -36,11 +36,12 @@ contiguous, channels_last and sliced inputs all work without copies.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 import torch
 
 from . import dispatch, reference
+from .launch import Launch, cdiv, next_power_of_2, note, register, run, skip
 
 if dispatch.HAS_TRITON:
     import triton
@@ -122,12 +123,12 @@ def tile_sizes(C: int, P: int, channels_last: bool) -> tuple[int, int]:
     one after another at a fixed Python cost per op, so there: few, large tiles.
     """
     if dispatch.INTERPRET:
-        return min(triton.next_power_of_2(C), 64), min(triton.next_power_of_2(P), 256)
+        return min(next_power_of_2(C), 64), min(next_power_of_2(P), 256)
     if channels_last:
-        block_c = min(triton.next_power_of_2(C), 32)
-        return block_c, min(triton.next_power_of_2(P), max(16, 1024 // block_c))
-    block_p = min(triton.next_power_of_2(P), 256)
-    return max(1, min(triton.next_power_of_2(C), 1024 // block_p)), block_p
+        block_c = min(next_power_of_2(C), 32)
+        return block_c, min(next_power_of_2(P), max(16, 1024 // block_c))
+    block_p = min(next_power_of_2(P), 256)
+    return max(1, min(next_power_of_2(C), 1024 // block_p)), block_p
 
 
 def partial_rows(n_tiles: int, n_channel_blocks: int) -> int:
@@ -158,7 +159,7 @@ if dispatch.HAS_TRITON:
                        other=0.0).to(tl.float32)
 
     @triton.jit
-    def _depthwise_fwd_kernel(
+    def depthwise_fwd_kernel(
         X, DW, Y, C, C_OUT, H, W, OH, OW, sx_n, sx_c, sx_h, sx_w, sy_n, sy_c, sy_h, sy_w,
         STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
         DIL_H: tl.constexpr, DIL_W: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -190,7 +191,7 @@ if dispatch.HAS_TRITON:
         tl.store(y, acc.to(Y.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _depthwise_bwd_input_kernel(
+    def depthwise_bwd_input_kernel(
         G, DW, DX, C, M, H, W, OH, OW, sg_n, sg_c, sg_h, sg_w, sdx_n, sdx_c, sdx_h, sdx_w,
         STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
         DIL_H: tl.constexpr, DIL_W: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
@@ -224,7 +225,7 @@ if dispatch.HAS_TRITON:
         tl.store(dx, acc.to(DX.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _depthwise_bwd_weight_kernel(
+    def depthwise_bwd_weight_kernel(
         G, X, PARTIAL, ROWS, N, C, C_OUT, H, W, OH, OW, sg_n, sg_c, sg_h, sg_w,
         sx_n, sx_c, sx_h, sx_w,
         STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
@@ -261,53 +262,149 @@ if dispatch.HAS_TRITON:
         part = PARTIAL + row * C_OUT * (KH * KW) + offs_o[:, None] * (KH * KW) + taps
         tl.store(part, dw, mask=mask_o[:, None] & (taps < KH * KW))
 
+    register("depthwise_fwd", depthwise_fwd_kernel)
+    register("depthwise_bwd_input", depthwise_bwd_input_kernel)
+    register("depthwise_bwd_weight", depthwise_bwd_weight_kernel)
 
-class DepthwiseConv2dFunction(torch.autograd.Function):
-    """``depthwise_conv2d`` with Triton forward and backward."""
 
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation):
-        geo = ConvGeometry.of("depthwise_conv2d", x, weight, stride, padding, dilation)
-        w = weight.contiguous()  # [M*C, 1, KH, KW]: a few KB
-        y = torch.empty((geo.N, geo.C_out, geo.OH, geo.OW), dtype=x.dtype, device=x.device,
-                        memory_format=memory_format_of(x))
-        block_c, block_p = tile_sizes(geo.C_out, geo.OH * geo.OW, is_channels_last(x))
-        grid = (geo.N * triton.cdiv(geo.C_out, block_c), triton.cdiv(geo.OH * geo.OW, block_p))
-        dispatch.record_launch("depthwise_fwd")
-        _depthwise_fwd_kernel[grid](
-            x, w, y, geo.C, geo.C_out, geo.H, geo.W, geo.OH, geo.OW, *x.stride(), *y.stride(),
-            **geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=NUM_WARPS)
-        ctx.save_for_backward(x, w)
-        ctx.geo = geo
-        return y
+def _forward(x: torch.Tensor, weight: torch.Tensor, geo: ConvGeometry,
+             launch: Callable = run) -> torch.Tensor:
+    """``y`` (channels_last for a channels_last ``x``) and the ``Launch`` that fills it, given
+    to ``launch``: ``run`` it, ``note`` it (fake tensors) or ``skip`` it (allocate only)."""
+    y = torch.empty((geo.N, geo.C_out, geo.OH, geo.OW), dtype=x.dtype, device=x.device,
+                    memory_format=memory_format_of(x))
+    block_c, block_p = tile_sizes(geo.C_out, geo.OH * geo.OW, is_channels_last(x))
+    grid = (geo.N * cdiv(geo.C_out, block_c), cdiv(geo.OH * geo.OW, block_p))
+    launch(Launch(
+        "depthwise_fwd", grid,
+        (x, weight.contiguous(), y, geo.C, geo.C_out, geo.H, geo.W, geo.OH, geo.OW, *x.stride(),
+         *y.stride()),
+        dict(**geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p), NUM_WARPS))
+    return y
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        geo = ctx.geo
-        dx = dw = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x, memory_format=memory_format_of(x))
-            block_c, block_p = tile_sizes(geo.C, geo.H * geo.W, is_channels_last(x))
-            grid = (geo.N * triton.cdiv(geo.C, block_c), triton.cdiv(geo.H * geo.W, block_p))
-            dispatch.record_launch("depthwise_bwd_input")
-            _depthwise_bwd_input_kernel[grid](
-                g, w, dx, geo.C, geo.M, geo.H, geo.W, geo.OH, geo.OW, *g.stride(), *dx.stride(),
-                **geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=NUM_WARPS)
-        if ctx.needs_input_grad[1]:
-            block_c, block_p = tile_sizes(geo.C_out, geo.OH * geo.OW, is_channels_last(x))
-            n_ob = triton.cdiv(geo.C_out, block_c)
-            rows = partial_rows(geo.N * triton.cdiv(geo.OH * geo.OW, block_p), n_ob)
-            partial = torch.empty((rows, geo.C_out, geo.KH * geo.KW), dtype=torch.float32,
-                                  device=x.device)
-            dispatch.record_launch("depthwise_bwd_weight")
-            _depthwise_bwd_weight_kernel[(rows, n_ob)](
-                g, x, partial, rows, geo.N, geo.C, geo.C_out, geo.H, geo.W, geo.OH, geo.OW,
-                *g.stride(), *x.stride(), **geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p,
-                BLOCK_T=triton.next_power_of_2(geo.KH * geo.KW), num_warps=NUM_WARPS)
-            dw = partial.sum(0).view(w.shape).to(w.dtype)
-        return dx, dw, None, None, None
+
+def _input_grad(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geo: ConvGeometry,
+                launch: Callable = run) -> torch.Tensor:
+    """``dx`` (laid out like ``x``; ``x`` is read for its layout only); ``launch`` as in
+    ``_forward``."""
+    dx = torch.empty_like(x, memory_format=memory_format_of(x))
+    block_c, block_p = tile_sizes(geo.C, geo.H * geo.W, is_channels_last(x))
+    grid = (geo.N * cdiv(geo.C, block_c), cdiv(geo.H * geo.W, block_p))
+    launch(Launch(
+        "depthwise_bwd_input", grid,
+        (g, weight.contiguous(), dx, geo.C, geo.M, geo.H, geo.W, geo.OH, geo.OW, *g.stride(),
+         *dx.stride()),
+        dict(**geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p), NUM_WARPS))
+    return dx
+
+
+def _weight_grad(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, geo: ConvGeometry,
+                 launch: Callable = run) -> torch.Tensor:
+    """``dw`` (contiguous, ``weight``'s shape and dtype) from per-program partial sums;
+    ``launch`` as in ``_forward``."""
+    block_c, block_p = tile_sizes(geo.C_out, geo.OH * geo.OW, is_channels_last(x))
+    n_ob = cdiv(geo.C_out, block_c)
+    rows = partial_rows(geo.N * cdiv(geo.OH * geo.OW, block_p), n_ob)
+    partial = torch.empty((rows, geo.C_out, geo.KH * geo.KW), dtype=torch.float32,
+                          device=x.device)
+    launch(Launch(
+        "depthwise_bwd_weight", (rows, n_ob),
+        (g, x, partial, rows, geo.N, geo.C, geo.C_out, geo.H, geo.W, geo.OH, geo.OW,
+         *g.stride(), *x.stride()),
+        dict(**geo.constexprs, BLOCK_C=block_c, BLOCK_P=block_p,
+             BLOCK_T=next_power_of_2(geo.KH * geo.KW)), NUM_WARPS))
+    return partial.sum(0).view(weight.shape).to(weight.dtype)
+
+
+# -- the custom ops: fastnas::depthwise_conv2d and its two gradients ------------------------------
+_CONV_ARGS = "SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation"
+
+
+def _geometry(x, weight, stride, padding, dilation) -> ConvGeometry:
+    return ConvGeometry.of("depthwise_conv2d", x, weight, tuple(stride), tuple(padding),
+                           tuple(dilation))
+
+
+def _repeated(x: torch.Tensor, M: int) -> torch.Tensor:
+    return x if M == 1 else torch.cat([x] * M, dim=1)
+
+
+@torch.library.custom_op("fastnas::depthwise_conv2d", mutates_args=(),
+                         schema=f"(Tensor x, Tensor weight, {_CONV_ARGS}) -> Tensor")
+def depthwise_conv2d_op(x, weight, stride, padding, dilation):
+    """The depthwise conv with channel multiplier: the Triton kernel or the torch reference, as
+    the kernel backend picks; either way ``y`` is laid out as ``_forward`` allocates it."""
+    geo = _geometry(x, weight, stride, padding, dilation)
+    if dispatch.use_triton("depthwise_conv2d", x, weight):
+        return _forward(x, weight, geo, launch=run)
+    y = reference.depthwise_conv2d(x, weight, geo.stride, geo.padding, geo.dilation)
+    return _forward(x, weight, geo, launch=skip).copy_(y)
+
+
+@depthwise_conv2d_op.register_fake
+def _(x, weight, stride, padding, dilation):
+    return _forward(x, weight, _geometry(x, weight, stride, padding, dilation), launch=note)
+
+
+@torch.library.custom_op("fastnas::depthwise_conv2d_input_grad", mutates_args=(),
+                         schema=f"(Tensor g, Tensor x, Tensor weight, {_CONV_ARGS}, "
+                                "bool triton) -> Tensor")
+def depthwise_conv2d_input_grad_op(g, x, weight, stride, padding, dilation, triton):
+    """``dL/dx`` of ``depthwise_conv2d`` for the output gradient ``g``, by the Triton kernel
+    (``triton``: what the forward ran; raises if it cannot run) or torch."""
+    geo = _geometry(x, weight, stride, padding, dilation)
+    if triton and dispatch.require_triton("depthwise_conv2d", g, x, weight):
+        return _input_grad(g, x, weight, geo, launch=run)
+    x_rep = _repeated(x, geo.M)
+    dx = torch.ops.aten.convolution_backward(
+        g, x_rep, weight, None, geo.stride, geo.padding, geo.dilation, False, (0, 0),
+        geo.C_out, (True, False, False))[0]
+    dx = dx.unflatten(1, (geo.M, geo.C)).sum(1)
+    return _input_grad(g, x, weight, geo, launch=skip).copy_(dx)
+
+
+@depthwise_conv2d_input_grad_op.register_fake
+def _(g, x, weight, stride, padding, dilation, triton):
+    return _input_grad(g, x, weight, _geometry(x, weight, stride, padding, dilation), launch=note)
+
+
+@torch.library.custom_op("fastnas::depthwise_conv2d_weight_grad", mutates_args=(),
+                         schema=f"(Tensor g, Tensor x, Tensor weight, {_CONV_ARGS}, "
+                                "bool triton) -> Tensor")
+def depthwise_conv2d_weight_grad_op(g, x, weight, stride, padding, dilation, triton):
+    """``dL/dweight`` of ``depthwise_conv2d`` for the output gradient ``g``, by the Triton
+    kernel (``triton``: what the forward ran; raises if it cannot run) or torch."""
+    geo = _geometry(x, weight, stride, padding, dilation)
+    if triton and dispatch.require_triton("depthwise_conv2d", g, x, weight):
+        return _weight_grad(g, x, weight, geo, launch=run)
+    dw = torch.ops.aten.convolution_backward(
+        g, _repeated(x, geo.M), weight, None, geo.stride, geo.padding, geo.dilation, False,
+        (0, 0), geo.C_out, (False, True, False))[1]
+    return torch.empty(weight.shape, dtype=weight.dtype, device=weight.device).copy_(dw)
+
+
+@depthwise_conv2d_weight_grad_op.register_fake
+def _(g, x, weight, stride, padding, dilation, triton):
+    return _weight_grad(g, x, weight, _geometry(x, weight, stride, padding, dilation), launch=note)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, stride, padding, dilation = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.conv = (stride, padding, dilation, dispatch.use_triton("depthwise_conv2d", x, weight))
+
+
+def _depthwise_grads(ctx, g):
+    x, weight = ctx.saved_tensors
+    dx = dw = None
+    if ctx.needs_input_grad[0]:
+        dx = torch.ops.fastnas.depthwise_conv2d_input_grad(g, x, weight, *ctx.conv)
+    if ctx.needs_input_grad[1]:
+        dw = torch.ops.fastnas.depthwise_conv2d_weight_grad(g, x, weight, *ctx.conv)
+    return dx, dw, None, None, None
+
+
+depthwise_conv2d_op.register_autograd(_depthwise_grads, setup_context=_setup_context)
 
 
 def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1,
@@ -319,8 +416,13 @@ def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: IntPair = 1,
 
     Differentiable in ``x`` and ``weight``; output in ``x``'s dtype (fp32 accumulation) and, for a
     channels_last input, in channels_last. A weight whose first dim is not a positive multiple of
-    ``C`` raises ``ValueError``. Dispatched by ``fastnas.kernels.dispatch``.
+    ``C`` raises ``ValueError``. Dispatched by ``fastnas.kernels.dispatch``: the Triton kernels
+    run as the custom op ``torch.ops.fastnas.depthwise_conv2d`` (its gradients as
+    ``depthwise_conv2d_input_grad`` and ``depthwise_conv2d_weight_grad``); the torch path is the
+    reference's ``F.conv2d``.
     """
     if dispatch.use_triton("depthwise_conv2d", x, weight):
-        return DepthwiseConv2dFunction.apply(x, weight, stride, padding, dilation)
+        geo = ConvGeometry.of("depthwise_conv2d", x, weight, stride, padding, dilation)
+        return torch.ops.fastnas.depthwise_conv2d(x, weight, list(geo.stride),
+                                                  list(geo.padding), list(geo.dilation))
     return reference.depthwise_conv2d(x, weight, stride, padding, dilation)

@@ -99,7 +99,15 @@ def use_triton(op: str, *tensors: torch.Tensor) -> bool:
                 _warned_no_triton = True
             return False
         return len(devices) == 1
-    # backend == "triton": run the kernel or say why not.
+    return require_triton(op, *tensors)
+
+
+def require_triton(op: str, *tensors: torch.Tensor) -> bool:
+    """True when the Triton kernel of ``op`` can run on ``tensors``; raises saying why not
+    otherwise (the rules of the ``triton`` backend)."""
+    devices = {t.device for t in tensors}
+    dtypes = {t.dtype for t in tensors}
+    small = all(_max_offset(t) < 2**31 for t in tensors)
     if not HAS_TRITON:
         raise RuntimeError(f"{op}: {ENV_VAR}=triton but Triton is not installed")
     if len(devices) != 1:

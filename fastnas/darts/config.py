@@ -10,6 +10,7 @@ from ..config import LoopConfig, choice, device, flag, integer, number
 from ..supernet import SUPERNETS
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # The deprecated ``backend`` key: what each value meant, as (supernet, required kernels).
 LEGACY_BACKENDS = {"auto": ("fast", None), "reference": ("reference", None),
                    "torch": ("fast", "torch"), "triton": ("fast", "triton")}
@@ -30,6 +31,8 @@ class DARTSConfig(LoopConfig):
     kernel backend (``fastnas.kernels.set_backend`` / ``FASTNAS_BACKEND``), not here.
     ``precision``: ``fp32``; ``bf16``/``fp16`` autocast; ``fp64`` runs everything in float64
     (for checks against references). ``backend`` is deprecated (see ``LEGACY_BACKENDS``).
+    ``compile``: run the supernet under ``torch.compile`` (``fastnas.supernet.compiled``) in
+    ``compile_mode`` (``reduce-overhead``: CUDA graphs on a GPU); off by default.
     """
 
     learning_rate_w: float = number(0.025, low=0, low_open=True)
@@ -54,6 +57,8 @@ class DARTSConfig(LoopConfig):
     device: str = device("auto")
     hessian_r: float = number(0.01, low=0, low_open=True)
     backend: Optional[str] = choice(None, tuple(LEGACY_BACKENDS), optional=True)
+    compile: bool = flag(False)
+    compile_mode: str = choice("default", COMPILE_MODES)
 
     def resolve_defaults(self) -> None:
         if self.backend is not None and self.backend in LEGACY_BACKENDS:
@@ -63,10 +68,15 @@ class DARTSConfig(LoopConfig):
                           DeprecationWarning, stacklevel=4)
             self.supernet = LEGACY_BACKENDS[self.backend][0]
 
+    def validate(self) -> None:
+        if self.compile and self.checkpointing:
+            raise ValueError("compile=True with checkpointing=True is not supported: the "
+                             "recomputed cells would break the compiled graph; use one of them")
+
     @property
     def required_kernels(self) -> Optional[str]:
         """The kernels the deprecated ``backend`` key insists on, if any."""
         return LEGACY_BACKENDS[self.backend][1] if self.backend in LEGACY_BACKENDS else None
 
 
-__all__ = ["DARTSConfig", "LEGACY_BACKENDS", "PRECISIONS"]
+__all__ = ["COMPILE_MODES", "DARTSConfig", "LEGACY_BACKENDS", "PRECISIONS"]

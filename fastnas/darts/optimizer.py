@@ -8,6 +8,7 @@ batch with the weight gradient norm clipped. The weight learning rate follows a 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
@@ -33,6 +34,7 @@ from ..engine import (
 from ..genotypes import Genotype
 from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 from ..supernet import build_supernet, check_kernels
+from ..supernet.compiled import compile_supernet, differentiating
 from .architect import Architect, upcast
 from .config import DARTSConfig
 from .precision import Precision
@@ -59,6 +61,8 @@ class DARTSOptimizer(Resumable):
             cfg.supernet, C=cfg.channels, num_classes=cfg.num_classes, layers=cfg.layers,
             num_nodes=cfg.num_nodes, in_channels=cfg.in_channels,
             checkpointing=cfg.checkpointing).to(self.device, self.dtype)
+        if cfg.compile:
+            compile_supernet(self.model, cfg.compile_mode)
         self.weight_optimizer = torch.optim.SGD(self.model.weights(), lr=cfg.learning_rate_w,
                                                 momentum=cfg.momentum,
                                                 weight_decay=cfg.weight_decay)
@@ -95,6 +99,12 @@ class DARTSOptimizer(Resumable):
     def _autocast(self):
         return self.precision.autocast()
 
+    def _differentiating(self, params, applies: bool = True):
+        """Compiled: only ``params`` require grad inside (``supernet.compiled``)."""
+        if not (self.config.compile and applies):
+            return contextlib.nullcontext()
+        return differentiating(self.model, params)
+
     def _check(self, quantity: str, value) -> bool:
         return self.guard.ok(quantity, value, self.epoch, self.global_step)
 
@@ -119,11 +129,12 @@ class DARTSOptimizer(Resumable):
         train_batch = self._batch("train_batch", train_batch)
         val_batch = self._batch("val_batch", val_batch)
         self.model.train()
-        val_loss, val_logits, arch_applied = self.architect.step(
-            train_batch, val_batch, self.lr, self.weight_optimizer)
+        with self._differentiating(self.arch_parameters(), self.config.order == 1):
+            val_loss, val_logits, arch_applied = self.architect.step(
+                train_batch, val_batch, self.lr, self.weight_optimizer)
         x, y = train_batch
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self._autocast(), self._differentiating(self.weight_parameters()):
             logits = self.model(x)
         loss = F.cross_entropy(upcast(logits), y)
         weights = self.weight_parameters()

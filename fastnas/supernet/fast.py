@@ -24,14 +24,21 @@ the stem on (the kernels used are fastest on it).
 The same plan runs with one of two kernel sets, chosen per forward by the kernel backend
 (``fastnas.kernels.set_backend`` / ``FASTNAS_BACKEND``; ``auto`` picks Triton for CUDA tensors):
 
-- torch (``TorchKernels``): the CPU autograd Functions of ``fastnas.ops.functional``. A conv-block
-  stage is one Function that keeps only its input and output for backward (recomputing ReLU and
-  depthwise outputs when a weight gradient is asked for), and every Function computes only the
+- torch (``TorchKernels``): the custom ops of ``fastnas.ops.functional`` (``torch.ops.fastnas.
+  conv_blocks``, ``node_sum``, ``grouped_pointwise``, each with a registered backward). A
+  conv-block stage is one op that keeps only its input and output for backward (recomputing ReLU
+  and depthwise outputs when a weight gradient is asked for), and every op computes only the
   gradients the current backward asks for (``grad_edges``): the architecture step needs no weight
   gradient, the weight step no alpha gradient. On CUDA they use cuDNN and cuBLAS.
 - Triton (``TritonKernels``): ``fastnas.kernels.depthwise_conv2d`` (with the channel multiplier:
-  the input is never repeated) and ``fastnas.kernels.weighted_sum`` for the node sums, composed
-  with the grouped pointwise matmul and the stacked BatchNorm under autograd.
+  the input is never repeated) and ``fastnas.kernels.weighted_sum`` for the node sums (custom ops
+  ``torch.ops.fastnas.depthwise_conv2d`` and ``weighted_sum``), composed with the grouped
+  pointwise op and the stacked BatchNorm under autograd.
+
+Every op being a custom op with a fake (shape) implementation, the whole plan traces into one
+graph under ``torch.compile(fullgraph=True)`` (``fastnas.supernet.compiled``): the ops stay single
+nodes, and the compiler fuses the plain torch ops between them (pools and their BatchNorm, the
+skip connections, the running-statistics bookkeeping, the preprocessing).
 
 Stacked weights (depthwise kernels, pointwise matrices) are built inside ``forward`` from the
 registered parameters, so ``torch.func.functional_call`` (the architect's virtual weights) swaps
@@ -109,7 +116,9 @@ KERNEL_SETS = {"torch": TorchKernels, "triton": TritonKernels}
 def kernel_set_for(x: torch.Tensor):
     """The kernel set the kernel backend picks for tensors like ``x`` (see the module docstring);
     a backend forced to ``triton`` that cannot run on ``x`` raises, never falls back."""
-    return TritonKernels if dispatch.use_triton("the fast supernet", x) else TorchKernels
+    if dispatch.use_triton("the fast supernet", x):
+        return TritonKernels
+    return TorchKernels
 
 
 class _BlockViews(torch.autograd.Function):
@@ -138,7 +147,10 @@ class _BlockViews(torch.autograd.Function):
 
 
 def _block_views(block: torch.Tensor, views) -> List[torch.Tensor]:
-    """See ``_BlockViews``."""
+    """See ``_BlockViews``; under ``torch.compile`` plain views (the compiler lays out the
+    gradients itself)."""
+    if torch.compiler.is_compiling():
+        return [view(block) for view in views]
     return list(_BlockViews.apply(block, views))
 
 
@@ -177,7 +189,6 @@ class FastSearchCell(nn.Module):
         self.preprocess0 = cell.preprocess0
         self.preprocess1 = cell.preprocess1
         self.edges = cell.edges
-        self.kernels = TorchKernels  # set per forward by FastSearchNetwork
         # Edge (i, j) from state j to node i; node i's edges are rows first(i) .. first(i) + i + 1.
         self._first = [sum(n + 2 for n in range(i)) for i in range(self.num_nodes)]
         # State j is read by nodes max(0, j - 1) .. num_nodes - 1 (the last node by none).
@@ -188,7 +199,8 @@ class FastSearchCell(nn.Module):
                                   2 if self.reduction and j < 2 else 1)
                        for j, readers in enumerate(self._readers)]
 
-    def _state_parts(self, x: torch.Tensor, plan: _StatePlan) -> List[List[torch.Tensor]]:
+    def _state_parts(self, x: torch.Tensor, plan: _StatePlan, kset
+                     ) -> List[List[torch.Tensor]]:
         """Every op of every edge that reads ``x``, as the node-sum parts of each reader:
         ``[N, K, C, Ho, Wo]`` blocks in alpha-column order (max, avg, skip, sep3, sep5, dil3,
         dil5)."""
@@ -211,12 +223,12 @@ class FastSearchCell(nn.Module):
         with stage("skip_connect"):
             self._skip_parts(x, plan, parts, Ho, Wo)
         with stage("sep/dil convs, first half"):
-            z1 = self._first_half(x, plan)
+            z1 = self._first_half(x, plan, kset)
             views = [lambda t, s=s: t[:, s * E * C:(s + 1) * E * C] for s in range(2)]
             views += [lambda t, e=e: t.view(N, 4, E, C, Ho, Wo)[:, 2:, e] for e in range(E)]
             sep3_half, sep5_half, *dil_out = _block_views(z1, views)
         with stage("sep convs, second half"):
-            sep_out = self._second_half(sep3_half, sep5_half, plan)
+            sep_out = self._second_half(sep3_half, sep5_half, plan, kset)
             views = [lambda t, e=e: t.view(N, 2, E, C, Ho, Wo)[:, :, e] for e in range(E)]
             sep_out = _block_views(sep_out, views)
         for p, sep, dil in zip(parts, sep_out, dil_out):
@@ -245,7 +257,7 @@ class FastSearchCell(nn.Module):
             for p, t in zip(parts, _block_views(y, views)):
                 p.append(t)
 
-    def _first_half(self, x, plan):
+    def _first_half(self, x, plan, kset):
         """First DilConv of every conv op of every reader: one depthwise call per kernel shape,
         one grouped pointwise, one BN over [sep3 x E | sep5 x E | dil3 x E | dil5 x E]."""
         C = x.shape[1]
@@ -253,29 +265,29 @@ class FastSearchCell(nn.Module):
         dw = [torch.cat([b[1].weight for b in blocks]) for blocks in plan.stage1]
         pw = torch.stack([b[2].weight.view(C, C) for b in first])
         groups = [(0, plan.stride, dil * (k - 1) // 2, dil) for _, k, dil in _STAGE1]
-        return self.kernels.conv_blocks([x], groups, dw, pw, [b[3] for b in first])
+        return kset.conv_blocks([x], groups, dw, pw, [b[3] for b in first])
 
-    def _second_half(self, sep3_half, sep5_half, plan):
+    def _second_half(self, sep3_half, sep5_half, plan, kset):
         """Second DilConv of the sep convs: one depthwise per kernel size over all channels."""
         C = sep3_half.shape[1] // plan.E
         second = [b for blocks in plan.stage2 for b in blocks]
         dw = [torch.cat([b[1].weight for b in blocks]) for blocks in plan.stage2]
         pw = torch.stack([b[2].weight.view(C, C) for b in second])
         groups = [(i, 1, (k - 1) // 2, 1) for i, (_, k) in enumerate(_STAGE2)]
-        return self.kernels.conv_blocks([sep3_half, sep5_half], groups, dw, pw,
-                                        [b[3] for b in second])
+        return kset.conv_blocks([sep3_half, sep5_half], groups, dw, pw, [b[3] for b in second])
 
     def forward(self, s0, s1, weights):
+        kset = kernel_set_for(s1)
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         pending: List[List[torch.Tensor]] = [[] for _ in range(self.num_nodes)]
         for j, plan in enumerate(self._plans):
-            for i, parts in zip(self._readers[j], self._state_parts(states[j], plan)):
+            for i, parts in zip(self._readers[j], self._state_parts(states[j], plan, kset)):
                 pending[i] += parts
             if j >= 1:  # node j - 1 has now received its edges from states 0 .. j
                 i = j - 1
                 w = weights[self._first[i]:self._first[i] + i + 2, 1:].reshape(-1)
                 with stage("node sums"):
-                    states.append(self.kernels.node_sum(pending[i], w))
+                    states.append(kset.node_sum(pending[i], w))
                 pending[i] = []
         return torch.cat(states[-self.multiplier:], dim=1)
 
@@ -291,11 +303,7 @@ class FastSearchNetwork(SearchNetwork):
 
     def forward(self, x):
         # channels_last from the stem on: see FastSearchCell.
-        x = x.contiguous(memory_format=torch.channels_last)
-        chosen = kernel_set_for(x)
-        for cell in self.cells:
-            cell.kernels = chosen
-        return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last))
 
 
 __all__ = ["FastSearchCell", "FastSearchNetwork", "KERNEL_SETS", "TorchKernels", "TritonKernels",

@@ -10,6 +10,8 @@ will run. Inputs should be non-leaf tensors (the engine cannot answer for a leaf
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 try:
@@ -21,20 +23,25 @@ except (ImportError, AttributeError):  # older torch: compute every gradient
 
 def record(ctx, *inputs) -> None:
     """Remember the graph node of each input that requires grad (``None`` for the others);
-    pass all of ``forward``'s inputs, in order, so indices match ``ctx.needs_input_grad``."""
+    pass all of ``forward``'s inputs, in order, so indices match ``ctx.needs_input_grad``
+    (or the flags given to ``needed``)."""
     nodes = []
     for t in inputs:
         node = None
         if _will_execute is not None and isinstance(t, torch.Tensor) and t.requires_grad \
                 and t.grad_fn is not None:
-            node = get_gradient_edge(t).node
+            try:
+                node = get_gradient_edge(t).node
+            except RuntimeError:  # e.g. a tensor being traced by a compiler
+                node = None
         nodes.append(node)
     ctx.grad_nodes = nodes
 
 
-def needed(ctx, i: int) -> bool:
-    """Whether the gradient of input ``i`` (as passed to ``record``) is used by this backward."""
-    if not ctx.needs_input_grad[i]:
+def needed(ctx, i: int, requires_grad: Optional[bool] = None) -> bool:
+    """Whether the gradient of input ``i`` (as passed to ``record``) is used by this backward;
+    ``requires_grad`` (default ``ctx.needs_input_grad[i]``) says whether it can be at all."""
+    if not (ctx.needs_input_grad[i] if requires_grad is None else requires_grad):
         return False
     node = ctx.grad_nodes[i]
     if node is None:

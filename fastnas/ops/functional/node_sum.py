@@ -10,10 +10,11 @@ with the backward
 
 A part is ``K`` op outputs of one edge that a fused call produced side by side (an edge's
 ``[sep3, sep5]``, a state's ``[max_pool, avg_pool]``), read in place as a strided view; its
-gradient comes back as one tensor. Only the parts and ``w`` are saved: the products
-``w_k * y_k`` and the partial sums of the autograd version are never stored, and the
-``w`` gradient is only computed when the backward asks for it. With the Triton kernels the fast
-supernet calls ``fastnas.kernels.weighted_sum`` instead (one tensor per op).
+gradient comes back as one tensor. Runs as the custom op ``torch.ops.fastnas.node_sum``
+(backward: ``node_sum_backward``), one node of a compiled graph. Only the parts and ``w`` are
+saved: the products ``w_k * y_k`` and the partial sums of the autograd version are never stored,
+and the ``w`` gradient is only computed when the backward asks for it. With the Triton kernels
+the fast supernet calls ``fastnas.kernels.weighted_sum`` instead (one tensor per op).
 """
 from __future__ import annotations
 
@@ -24,52 +25,90 @@ import torch
 from . import grad_edges
 
 
-class _NodeSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, w, *parts):
-        out = None
-        o = 0
-        for part in parts:
-            for k in range(part.shape[1]):
-                if out is None:  # takes the memory layout of the first part (channels_last)
-                    out = part[:, k] * w[o + k]
-                else:
-                    out.addcmul_(part[:, k], w[o + k])
-            o += part.shape[1]
-        grad_edges.record(ctx, w, *parts)
-        ctx.save_for_backward(w, *parts)
-        return out
+def _forward(parts: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    out = None
+    o = 0
+    for part in parts:
+        for k in range(part.shape[1]):
+            if out is None:  # takes the memory layout of the first part (channels_last)
+                out = part[:, k] * w[o + k]
+            else:
+                out.addcmul_(part[:, k], w[o + k])
+        o += part.shape[1]
+    return out
 
-    @staticmethod
-    def backward(ctx, g):
-        w, *parts = ctx.saved_tensors
-        g = g.unsqueeze(1)
-        grads, grad_w = [], []
-        need_w = grad_edges.needed(ctx, 0)
-        acc = torch.promote_types(g.dtype, torch.float32)  # half precision sums in fp32
-        o = 0
-        for i, part in enumerate(parts):
-            K = part.shape[1]
-            wp = w[o:o + K].view(1, K, *([1] * (part.dim() - 2)))
-            o += K
-            grads.append(g * wp.to(g.dtype) if grad_edges.needed(ctx, i + 1) else None)
-            if need_w:
-                g0 = g.squeeze(1)
-                grad_w += [torch.sum(part[:, k] * g0, dtype=acc) for k in range(K)]
-        gw = torch.stack(grad_w).to(w.dtype) if need_w else None
-        return (gw, *grads)
+
+def _backward(parts: Sequence[torch.Tensor], w: torch.Tensor, g: torch.Tensor,
+              need_parts: Sequence[bool], need_w: bool):
+    """``([d part or empty], d w or empty)``."""
+    g = g.unsqueeze(1)
+    grads, grad_w = [], []
+    acc = torch.promote_types(g.dtype, torch.float32)  # half precision sums in fp32
+    o = 0
+    for part, need in zip(parts, need_parts):
+        K = part.shape[1]
+        wp = w[o:o + K].view(1, K, *([1] * (part.dim() - 2)))
+        o += K
+        grads.append(g * wp.to(g.dtype) if need else g.new_empty(0))
+        if need_w:
+            g0 = g.squeeze(1)
+            grad_w += [torch.sum(part[:, k] * g0, dtype=acc) for k in range(K)]
+    gw = torch.stack(grad_w).to(w.dtype) if need_w else w.new_empty(0)
+    return grads, gw
+
+
+# The op's fake (shape) implementations are the real ones run on fake tensors: the outputs'
+# layouts then follow the real kernels' by construction.
+@torch.library.custom_op("fastnas::node_sum", mutates_args=(),
+                         schema="(Tensor[] parts, Tensor w) -> Tensor")
+def node_sum_op(parts, w):
+    """``sum_p sum_k w[o_p + k] * parts[p][:, k]``."""
+    return _forward(parts, w)
+
+
+node_sum_op.register_fake(_forward)
+
+
+@torch.library.custom_op("fastnas::node_sum_backward", mutates_args=(),
+                         schema="(Tensor[] parts, Tensor w, Tensor g, bool[] need_parts, "
+                                "bool need_w) -> (Tensor[], Tensor)")
+def node_sum_backward_op(parts, w, g, need_parts, need_w):
+    """The gradients of ``node_sum`` asked for; empty tensors for the others."""
+    return _backward(parts, w, g, need_parts, need_w)
+
+
+node_sum_backward_op.register_fake(_backward)
+
+
+def _setup_context(ctx, inputs, output):
+    parts, w = inputs
+    grad_edges.record(ctx, w, *parts)
+    ctx.save_for_backward(w, *parts)
+
+
+def _grads(ctx, g):
+    w, *parts = ctx.saved_tensors
+    needs_parts, needs_w = ctx.needs_input_grad
+    need_w = grad_edges.needed(ctx, 0, needs_w)
+    need = [grad_edges.needed(ctx, i + 1, r) for i, r in enumerate(needs_parts)]
+    grads, gw = torch.ops.fastnas.node_sum_backward(parts, w, g, need, need_w)
+    return [t if n else None for t, n in zip(grads, need)], (gw if need_w else None)
+
+
+node_sum_op.register_autograd(_grads, setup_context=_setup_context)
 
 
 def node_sum(parts: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
     """``sum_p sum_k w[o_p + k] * parts[p][:, k]`` (see the module docstring): ``[N, *S]``.
 
     All parts share ``N`` and ``S``; they are brought to one dtype (the promoted one) first.
+    The custom op ``torch.ops.fastnas.node_sum`` (one node of a compiled graph).
     """
     dtype = parts[0].dtype
     for p in parts[1:]:
         dtype = torch.promote_types(dtype, p.dtype)
     parts = [p if p.dtype == dtype else p.to(dtype) for p in parts]
-    return _NodeSum.apply(w, *parts)
+    return torch.ops.fastnas.node_sum(parts, w)
 
 
 __all__ = ["node_sum"]

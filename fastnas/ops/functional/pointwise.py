@@ -11,7 +11,8 @@ memory ``x`` is a ``[N H W, M, C]`` matrix stack, so each group is a matmul over
 ``xs[t]`` is read where it lies and its gradient is returned as its own tensor.
 
 This is the pointwise half of all the separable and dilated convs that read one cell state; on
-the CPU it is several times faster than a grouped ``conv2d`` or one matmul per op.
+the CPU it is several times faster than a grouped ``conv2d`` or one matmul per op. Runs as the
+custom op ``torch.ops.fastnas.grouped_pointwise`` (backward: ``grouped_pointwise_backward``).
 """
 from __future__ import annotations
 
@@ -80,26 +81,64 @@ def pointwise_weight_grad(g: torch.Tensor, xs: Sequence[torch.Tensor], C: int) -
     return torch.cat(grads)
 
 
-class _GroupedPointwise(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, weight, *xs):
-        xs = [x.contiguous(memory_format=_CL) for x in xs]
-        grad_edges.record(ctx, weight, *xs)
-        ctx.save_for_backward(weight, *xs)
-        return pointwise_forward(xs, weight)
+def _forward(xs: Sequence[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    return pointwise_forward([x.contiguous(memory_format=_CL) for x in xs], weight)
 
-    @staticmethod
-    def backward(ctx, g):
-        weight, *xs = ctx.saved_tensors
-        C = weight.shape[2]
-        grads = pointwise_input_grads(g, weight, [x.shape[1] // C for x in xs])
-        grads = [gx if grad_edges.needed(ctx, i + 1) else None for i, gx in enumerate(grads)]
-        gw = pointwise_weight_grad(g, xs, C) if grad_edges.needed(ctx, 0) else None
-        return (gw, *grads)
+
+def _backward(g: torch.Tensor, xs: Sequence[torch.Tensor], weight: torch.Tensor,
+              need_xs: Sequence[bool], need_w: bool):
+    """``([d x or empty], d weight or empty)``."""
+    xs = [x.contiguous(memory_format=_CL) for x in xs]
+    C = weight.shape[2]
+    grads = pointwise_input_grads(g, weight, [x.shape[1] // C for x in xs])
+    grads = [gx if need else g.new_empty(0) for gx, need in zip(grads, need_xs)]
+    gw = pointwise_weight_grad(g, xs, C) if need_w else weight.new_empty(0)
+    return grads, gw
+
+
+# Fake (shape) implementations: the real ones run on fake tensors.
+@torch.library.custom_op("fastnas::grouped_pointwise", mutates_args=(),
+                         schema="(Tensor[] xs, Tensor weight) -> Tensor")
+def grouped_pointwise_op(xs, weight):
+    """The grouped 1x1 conv of the module docstring."""
+    return _forward(xs, weight)
+
+
+grouped_pointwise_op.register_fake(_forward)
+
+
+@torch.library.custom_op("fastnas::grouped_pointwise_backward", mutates_args=(),
+                         schema="(Tensor g, Tensor[] xs, Tensor weight, bool[] need_xs, "
+                                "bool need_w) -> (Tensor[], Tensor)")
+def grouped_pointwise_backward_op(g, xs, weight, need_xs, need_w):
+    """The gradients of ``grouped_pointwise`` asked for; empty tensors for the others."""
+    return _backward(g, xs, weight, need_xs, need_w)
+
+
+grouped_pointwise_backward_op.register_fake(_backward)
+
+
+def _setup_context(ctx, inputs, output):
+    xs, weight = inputs
+    grad_edges.record(ctx, weight, *xs)
+    ctx.save_for_backward(weight, *xs)
+
+
+def _grads(ctx, g):
+    weight, *xs = ctx.saved_tensors
+    needs_xs, needs_w = ctx.needs_input_grad
+    need_w = grad_edges.needed(ctx, 0, needs_w)
+    need = [grad_edges.needed(ctx, i + 1, r) for i, r in enumerate(needs_xs)]
+    grads, gw = torch.ops.fastnas.grouped_pointwise_backward(g, xs, weight, need, need_w)
+    return [t if n else None for t, n in zip(grads, need)], (gw if need_w else None)
+
+
+grouped_pointwise_op.register_autograd(_grads, setup_context=_setup_context)
 
 
 def grouped_pointwise(xs: Sequence[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
-    """``[N, M_t * C, H, W]``s x ``[M, C_out, C]`` -> ``[N, M * C_out, H, W]`` (channels_last).
+    """``[N, M_t * C, H, W]``s x ``[M, C_out, C]`` -> ``[N, M * C_out, H, W]`` (channels_last),
+    as the custom op ``torch.ops.fastnas.grouped_pointwise``.
 
     Under autocast the inputs and weight are cast to the autocast dtype, as ``conv2d`` would be.
     """
@@ -108,4 +147,4 @@ def grouped_pointwise(xs: Sequence[torch.Tensor], weight: torch.Tensor) -> torch
         dtype = torch.get_autocast_dtype(device)
         xs, weight = [x.to(dtype) for x in xs], weight.to(dtype)
     with torch.autocast(device, enabled=False):
-        return _GroupedPointwise.apply(weight, *xs)
+        return torch.ops.fastnas.grouped_pointwise(list(xs), weight)
