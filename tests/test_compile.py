@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 from fastnas import DARTSOptimizer
 from fastnas.supernet import compiled
 
-TINY = dict(channels=4, layers=3, num_nodes=2, num_classes=5, batch_size=2, device="cpu",
+TINY = dict(channels=4, layers=3, num_nodes=1, num_classes=5, batch_size=2, device="cpu",
             seed=4, learning_rate_alpha=0.05)
 
 
@@ -49,7 +49,7 @@ def _step_results(opt, train, val):
     return out
 
 
-def test_first_order_steps_compile_to_two_graphs_without_breaks(backend):
+def test_first_order_steps_and_evaluation_compile_once_without_breaks(backend):
     eager = DARTSOptimizer(TINY)
     comp = DARTSOptimizer({**TINY, "compile": True})
     train, val = batch(7), batch(17)
@@ -64,6 +64,10 @@ def test_first_order_steps_compile_to_two_graphs_without_breaks(backend):
     assert graphs == [2, 2, 2]
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert list(comp.model.state_dict()) == list(eager.model.state_dict())   # no "_orig_mod."
+    comp.evaluate([batch(3)])            # eval mode, no grad: one more graph, compiled once
+    comp.evaluate([batch(4)])
+    assert backend.frame_count == 3
+    assert not counters["graph_break"], dict(counters["graph_break"])
 
 
 def test_second_order_steps_compile_without_breaks_or_recompiles(backend):
@@ -77,15 +81,6 @@ def test_second_order_steps_compile_without_breaks_or_recompiles(backend):
     # product's losses (alphas only), the weight step: compiled in the first step only.
     assert graphs[2] == graphs[1] == graphs[0] <= 4, graphs
     assert not counters["graph_break"], dict(counters["graph_break"])
-
-
-def test_eval_and_a_new_batch_size_recompile_once(backend):
-    comp = DARTSOptimizer({**TINY, "compile": True})
-    comp.step(batch(1), batch(2))
-    before = backend.frame_count
-    comp.evaluate([batch(3)])            # eval mode, no grad: one more graph
-    comp.evaluate([batch(4)])
-    assert backend.frame_count == before + 1
 
 
 def test_compiled_by_inductor_equals_eager(monkeypatch):
