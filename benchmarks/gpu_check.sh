@@ -8,7 +8,8 @@
 #
 # Outputs go under $OUT when it is set, else benchmarks/out: versions.txt, kernel_tests.txt,
 # kernels/kernels.{csv,md} (the table to copy into benchmarks/RESULTS.md), kernel_bench.txt,
-# search_step/{compiled,cudagraphs}.{csv,md} (the search-step tables for RESULTS.md).
+# search_step/{compiled,cudagraphs}.{csv,md} (the search-step tables for RESULTS.md),
+# distributed/ (with 2+ GPUs: the NCCL tests and the torchrun scaling table).
 # A failing step does not stop the later ones; the exit status is non-zero if any failed.
 set -euo pipefail
 
@@ -73,9 +74,35 @@ step_search() {
     2>&1 | tee "$OUT_DIR/search_step/cudagraphs.md"
 }
 
+step_distributed() {
+  # With two or more GPUs: a two-rank search and training over NCCL, then the search step under
+  # torchrun at world sizes 1, 2 (and 4, 8 where there are as many GPUs), global batch 64: throughput,
+  # scaling efficiency and memory per rank (benchmarks/distributed.py). One GPU: skipped, said.
+  local gpus
+  gpus="$(python -c 'import torch; print(torch.cuda.device_count())')"
+  if [ "$gpus" -lt 2 ]; then
+    echo "distributed: $gpus GPU(s) here, the NCCL step needs 2 or more: skipped"
+    return 0
+  fi
+  local worlds=(1 2)
+  [ "$gpus" -ge 4 ] && worlds+=(4)
+  [ "$gpus" -ge 8 ] && worlds+=(8)
+  mkdir -p "$OUT_DIR/distributed"
+  # A two-GPU search and final training (DDP, SyncBN) from the command line, over NCCL.
+  local run=(timeout 300 python -m torch.distributed.run --nproc_per_node 2 -m fastnas)
+  { "${run[@]}" search --dataset digits --epochs 1 --layers 3 --channels 8 --batch-size 64 \
+      --quiet --no-plots --output "$OUT_DIR/distributed/search" \
+    && "${run[@]}" train --genotype DARTS_V2 --dataset digits --epochs 1 --layers 3 \
+      --channels 8 --batch-size 64 --sync-bn --quiet --no-plots \
+      --output "$OUT_DIR/distributed/train"; } 2>&1 | tee "$OUT_DIR/distributed/cli.txt"
+  timeout 420 python benchmarks/distributed.py --worlds "${worlds[@]}" --global-batch 64 \
+    --steps 5 --csv "$OUT_DIR/distributed/distributed.csv" \
+    2>&1 | tee "$OUT_DIR/distributed/distributed.md"
+}
+
 # --- Hook: further GPU benchmarks are steps like the ones above: add a
 # --- `step_<name>() { ...; }` writing under "$OUT_DIR/<name>", and <name> to DEFAULT_STEPS.
-DEFAULT_STEPS="versions tests kernels search"
+DEFAULT_STEPS="versions tests kernels search distributed"
 
 failed=()
 ensure_importable

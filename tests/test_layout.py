@@ -173,7 +173,7 @@ def test_the_tree_shows_the_layers():
                    "paper", "pipeline", "profiling", "reproducibility", "training"]
     for package, parts in (("ops", {"primitives", "plan"}),
                            ("ops/functional", {"batch_norm", "conv_blocks", "depthwise",
-                                               "grad_edges", "node_sum", "pointwise"}),
+                                               "grad_edges", "list_op", "node_sum", "pointwise"}),
                            ("supernet", {"reference", "fast", "recompute", "stages",
                                          "compiled", "launches"}),
                            ("darts", {"architect", "config", "optimizer", "precision"}),

@@ -64,5 +64,5 @@ def test_opcheck_grouped_pointwise(dtype):
     g = _t(2, 15, 3, 4, dtype=dtype, seed=3, cl=True, grad=False)
     for need in ([True, False], False), ([False, True], True):
         torch.library.opcheck(torch.ops.fastnas.grouped_pointwise_backward.default,
-                              (g, [x.detach() for x in xs], w.detach(), *need),
+                              ([x.detach() for x in xs], w.detach(), g, *need),
                               test_utils=ALL_TESTS)

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from . import grad_edges
+from . import list_op
 
 
 def _forward(parts: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
@@ -57,45 +57,7 @@ def _backward(parts: Sequence[torch.Tensor], w: torch.Tensor, g: torch.Tensor,
     return grads, gw
 
 
-# The op's fake (shape) implementations are the real ones run on fake tensors: the outputs'
-# layouts then follow the real kernels' by construction.
-@torch.library.custom_op("fastnas::node_sum", mutates_args=(),
-                         schema="(Tensor[] parts, Tensor w) -> Tensor")
-def node_sum_op(parts, w):
-    """``sum_p sum_k w[o_p + k] * parts[p][:, k]``."""
-    return _forward(parts, w)
-
-
-node_sum_op.register_fake(_forward)
-
-
-@torch.library.custom_op("fastnas::node_sum_backward", mutates_args=(),
-                         schema="(Tensor[] parts, Tensor w, Tensor g, bool[] need_parts, "
-                                "bool need_w) -> (Tensor[], Tensor)")
-def node_sum_backward_op(parts, w, g, need_parts, need_w):
-    """The gradients of ``node_sum`` asked for; empty tensors for the others."""
-    return _backward(parts, w, g, need_parts, need_w)
-
-
-node_sum_backward_op.register_fake(_backward)
-
-
-def _setup_context(ctx, inputs, output):
-    parts, w = inputs
-    grad_edges.record(ctx, w, *parts)
-    ctx.save_for_backward(w, *parts)
-
-
-def _grads(ctx, g):
-    w, *parts = ctx.saved_tensors
-    needs_parts, needs_w = ctx.needs_input_grad
-    need_w = grad_edges.needed(ctx, 0, needs_w)
-    need = [grad_edges.needed(ctx, i + 1, r) for i, r in enumerate(needs_parts)]
-    grads, gw = torch.ops.fastnas.node_sum_backward(parts, w, g, need, need_w)
-    return [t if n else None for t, n in zip(grads, need)], (gw if need_w else None)
-
-
-node_sum_op.register_autograd(_grads, setup_context=_setup_context)
+node_sum_op = list_op.define("node_sum", _forward, _backward)
 
 
 def node_sum(parts: Sequence[torch.Tensor], w: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import List, Sequence
 
 import torch
 
-from . import grad_edges
+from . import list_op
 
 _CL = torch.channels_last
 
@@ -85,7 +85,7 @@ def _forward(xs: Sequence[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
     return pointwise_forward([x.contiguous(memory_format=_CL) for x in xs], weight)
 
 
-def _backward(g: torch.Tensor, xs: Sequence[torch.Tensor], weight: torch.Tensor,
+def _backward(xs: Sequence[torch.Tensor], weight: torch.Tensor, g: torch.Tensor,
               need_xs: Sequence[bool], need_w: bool):
     """``([d x or empty], d weight or empty)``."""
     xs = [x.contiguous(memory_format=_CL) for x in xs]
@@ -96,44 +96,7 @@ def _backward(g: torch.Tensor, xs: Sequence[torch.Tensor], weight: torch.Tensor,
     return grads, gw
 
 
-# Fake (shape) implementations: the real ones run on fake tensors.
-@torch.library.custom_op("fastnas::grouped_pointwise", mutates_args=(),
-                         schema="(Tensor[] xs, Tensor weight) -> Tensor")
-def grouped_pointwise_op(xs, weight):
-    """The grouped 1x1 conv of the module docstring."""
-    return _forward(xs, weight)
-
-
-grouped_pointwise_op.register_fake(_forward)
-
-
-@torch.library.custom_op("fastnas::grouped_pointwise_backward", mutates_args=(),
-                         schema="(Tensor g, Tensor[] xs, Tensor weight, bool[] need_xs, "
-                                "bool need_w) -> (Tensor[], Tensor)")
-def grouped_pointwise_backward_op(g, xs, weight, need_xs, need_w):
-    """The gradients of ``grouped_pointwise`` asked for; empty tensors for the others."""
-    return _backward(g, xs, weight, need_xs, need_w)
-
-
-grouped_pointwise_backward_op.register_fake(_backward)
-
-
-def _setup_context(ctx, inputs, output):
-    xs, weight = inputs
-    grad_edges.record(ctx, weight, *xs)
-    ctx.save_for_backward(weight, *xs)
-
-
-def _grads(ctx, g):
-    weight, *xs = ctx.saved_tensors
-    needs_xs, needs_w = ctx.needs_input_grad
-    need_w = grad_edges.needed(ctx, 0, needs_w)
-    need = [grad_edges.needed(ctx, i + 1, r) for i, r in enumerate(needs_xs)]
-    grads, gw = torch.ops.fastnas.grouped_pointwise_backward(g, xs, weight, need, need_w)
-    return [t if n else None for t, n in zip(grads, need)], (gw if need_w else None)
-
-
-grouped_pointwise_op.register_autograd(_grads, setup_context=_setup_context)
+grouped_pointwise_op = list_op.define("grouped_pointwise", _forward, _backward)
 
 
 def grouped_pointwise(xs: Sequence[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
