@@ -86,7 +86,15 @@ def run(world: int, args) -> dict:
                    str(args.channels), "--layers", str(args.layers), "--image-size",
                    str(args.image_size)]
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        subprocess.run(command, env=env, check=True)
+        done = subprocess.run(command, env=env, check=False)
+        if done.returncode != 0:
+            if not os.path.exists(out):
+                raise RuntimeError(f"world {world}: torchrun exited {done.returncode}")
+            # Seen here about 1 run in 10 (torch 2.14.1, gloo, CPU): a worker aborts at exit,
+            # after destroy_process_group ("terminate called without an active exception"),
+            # when its results are written. Reported, not hidden.
+            print(f"world {world}: torchrun exited {done.returncode} after rank 0 wrote its "
+                  "results (an abort at process exit); the results are used", file=sys.stderr)
         with open(out) as f:
             return json.load(f)
 

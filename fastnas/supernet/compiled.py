@@ -3,9 +3,10 @@
 ``compile_supernet(model, mode)`` compiles a supernet in place (``nn.Module.compile``: the
 module, its ``state_dict`` names and ``torch.func.functional_call`` stay as they are) as one
 graph per call, ``fullgraph=True``: a graph break is an error, not a silent slowdown. The fast
-supernet then runs its compiler-friendly kernels (``fast.GraphKernels`` on the CPU: plain ops
-that inductor fuses; on CUDA the Triton kernels, which are custom ops and stay single nodes of
-the graph).
+supernet's kernels (the CPU ones of ``fastnas.ops.functional``, the Triton ones on CUDA) are
+``torch.library`` custom ops and stay single nodes of the graph; inductor generates the code
+around them (pools and their BatchNorm, skip connections, preprocessing, node inputs, running
+statistics) and fuses what it can there.
 
 ``differentiating(model, params)``: inside, only ``params`` of ``model`` require grad. A
 compiled graph computes the gradient of every input that requires grad; the eager fast path
