@@ -248,13 +248,24 @@ def _check_batches(loaders: Mapping[str, Any], limit: Optional[int]) -> None:
                             f"batch of {loader.batch_size}; raise --limit or lower --batch-size")
 
 
-def _write_epoch(writes: Sequence[Callable[[], None]]) -> None:
+@dataclass
+class _Saved:
+    """Whether the stage has a checkpoint on disk (for the message after an interrupt)."""
+
+    value: bool
+
+
+def _write_epoch(writes: Sequence[Callable[[], None]], saved: Optional[_Saved] = None) -> None:
     """An epoch's files, all written or (Ctrl-C and SIGTERM held back meanwhile) none; under
-    torchrun by rank 0 alone (every rank calls it with the same, already gathered, state)."""
+    torchrun by rank 0 alone (every rank calls it with the same, already gathered, state).
+    ``saved`` is set inside the same deferred block, on every rank, so an interrupt never falls
+    between the writes and the flag."""
     with deferred():
-        for write in writes:
-            if distributed.is_main() or getattr(write, "every_rank", False):
+        if distributed.is_main():
+            for write in writes:
                 write()
+        if saved is not None:
+            saved.value = True
 
 
 def _stopped(error: NonFiniteError, kind: str, checkpoint: str, done: int,
@@ -387,7 +398,7 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
         f"architecture images), {size}, epochs {optimizer.epoch}->{total}, "
         f"device {device}, output {output}")
     started = time.perf_counter()
-    saved = state is not None
+    saved = _Saved(state is not None)
     run = StageRun("search", output, dataset, method.name, optimizer)
     for observer in _observers(options):
         observer.start(run)
@@ -407,17 +418,11 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
             data.set_epoch(loaders, opt.epoch)
             state = {**opt.state_dict(), "run": run_info}
 
-            def written():
-                nonlocal saved
-                saved = True
-            written.every_rank = True
-
             _write_epoch([lambda: save_checkpoint(state, checkpoint),
                           lambda: write_json_atomic(metrics(None, opt.architecture()),
                                                     paths["metrics.json"]),
                           lambda: write_alpha_history(paths["alphas.json"], method.name,
-                                                      cfg.to_dict(), opt.history),
-                          written])
+                                                      cfg.to_dict(), opt.history)], saved)
             for observer in _observers(options):
                 observer.epoch(run, record)
             val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""
@@ -431,9 +436,10 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
                                     on_step=lambda opt, s: progress.step(s["train_loss"],
                                                                          s["train_acc"]))
         except KeyboardInterrupt as e:
-            raise _interrupted("search", optimizer.epoch, total, checkpoint, saved, e) from None
+            raise _interrupted("search", optimizer.epoch, total, checkpoint, saved.value,
+                               e) from None
         except NonFiniteError as e:
-            raise _stopped(e, "search", checkpoint, optimizer.epoch, saved) from None
+            raise _stopped(e, "search", checkpoint, optimizer.epoch, saved.value) from None
 
     final = optimizer.evaluate(eval_loader)
     result = metrics(final, arch)
@@ -529,7 +535,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         f"{cfg.layers} layers x {cfg.channels} channels, batch {cfg.batch_size}, "
         f"epochs {trainer.epoch}->{cfg.epochs}, device {device}, output {output}")
     started = time.perf_counter()
-    saved = state is not None
+    saved = _Saved(state is not None)
     run = StageRun("train", output, dataset, None, trainer)
     for observer in _observers(options):
         observer.start(run)
@@ -539,14 +545,9 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         def on_epoch(t: FinalTrainer, record: dict) -> None:
             state = {**t.state_dict(), "run": run_info}
 
-            def written():
-                nonlocal saved
-                saved = True
-            written.every_rank = True
-
             _write_epoch([lambda: save_checkpoint(state, checkpoint),
                           lambda: write_json_atomic({"dataset": dataset, **t.metrics()},
-                                                    paths["metrics.json"]), written])
+                                                    paths["metrics.json"])], saved)
             for observer in _observers(options):
                 observer.epoch(run, record)
             progress.epoch(record["epoch"],
@@ -558,10 +559,10 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
             result = trainer.fit(train_loader, test_loader, callback=on_epoch,
                                  on_step=lambda t, s: progress.step(s["loss"], s["acc"]))
         except KeyboardInterrupt as e:
-            raise _interrupted("training", trainer.epoch, cfg.epochs, checkpoint, saved,
-                               e) from None
+            raise _interrupted("training", trainer.epoch, cfg.epochs, checkpoint,
+                               saved.value, e) from None
         except NonFiniteError as e:
-            raise _stopped(e, "training", checkpoint, trainer.epoch, saved) from None
+            raise _stopped(e, "training", checkpoint, trainer.epoch, saved.value) from None
 
     result = {"dataset": dataset, **result}
     _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
