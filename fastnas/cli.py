@@ -30,6 +30,7 @@ import torch
 
 from . import __version__, data, distributed, profiling
 from .checkpoint import write_json_atomic
+from .config import STAGES, read_config_file
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
 from .interrupts import handle_termination
@@ -172,8 +173,8 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
 
 def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g = p.add_argument_group("search")
-    g.add_argument("--method", choices=tuple(SEARCH_METHODS), default="darts",
-                   help="search strategy (default: darts)")
+    g.add_argument("--method", choices=tuple(SEARCH_METHODS), default=None,
+                   help="search strategy (default: the config file's, else darts)")
     g.add_argument(f"--{prefix}epochs", type=positive_int, metavar="N",
                    help="search epochs (digits: 8, cifar10: 50)")
     g.add_argument(f"--{prefix}layers", type=positive_int, metavar="L",
@@ -187,6 +188,31 @@ def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument("--compile", action="store_true", default=None,
                    help="DARTS: run the supernet under torch.compile (minutes of compilation "
                         "first; see README 'Speed and memory')")
+    positive = _number(0, low_open=True, high=None)
+    g.add_argument(f"--{prefix}learning-rate", type=positive, metavar="LR",
+                   help="weights: initial SGD learning rate, cosine-annealed (DARTS 0.025, "
+                        "ENAS 0.05)")
+    g.add_argument(f"--{prefix}lr-min", type=_number(0, high=None), metavar="LR",
+                   help="weights: final learning rate (DARTS 0.001, ENAS 0.0005)")
+    g.add_argument(f"--{prefix}momentum", type=_number(0, 1), metavar="M",
+                   help="weights: SGD momentum (0.9)")
+    g.add_argument(f"--{prefix}weight-decay", type=_number(0, high=None), metavar="WD",
+                   help="weights: weight decay (DARTS 3e-4)")
+    g.add_argument(f"--{prefix}grad-clip", type=positive, metavar="NORM",
+                   help="weights: gradient norm clip (5)")
+    g.add_argument("--arch-learning-rate", type=positive, metavar="LR",
+                   help="architecture: DARTS's Adam learning rate for the alphas (3e-4), "
+                        "ENAS's controller learning rate")
+    g.add_argument("--arch-weight-decay", type=_number(0, high=None), metavar="WD",
+                   help="architecture: DARTS's weight decay of the alphas (1e-3)")
+
+
+def _add_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="a JSON (.json) or TOML file of config keys, in [search] and [train] "
+                        "tables (or at the top level for search or train); flags override it. "
+                        "Every stage writes its resolved settings to DIR/config.json in this "
+                        "form, so `--config DIR/config.json` repeats a run")
 
 
 def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -221,7 +247,9 @@ def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
 
 
 GUARD_KEYS = ("on_nonfinite", "max_nonfinite_skips")
-SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", "compile", *GUARD_KEYS)
+SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", "compile", "learning_rate",
+               "lr_min", "momentum", "weight_decay", "grad_clip", "arch_learning_rate",
+               "arch_weight_decay", *GUARD_KEYS)
 TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr_min", "momentum",
               "weight_decay", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
               "grad_clip", "sync_bn", *GUARD_KEYS)
@@ -229,12 +257,11 @@ TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr
 
 def _given(args: argparse.Namespace, keys, prefix: str = "") -> Dict[str, Any]:
     """The stage settings the user gave, ``{key: value}`` for each flag that is not None; in
-    ``fastnas run`` a stage's own flags carry a prefix (``--train-epochs``: ``train_``)."""
+    ``fastnas run`` a stage's own flags carry a prefix (``--train-epochs``: ``train_``), and a
+    key with a prefixed flag never reads the unprefixed one (the other stage's)."""
     out = {}
     for key in keys:
-        value = getattr(args, prefix + key, None)
-        if value is None:
-            value = getattr(args, key, None)
+        value = getattr(args, prefix + key if hasattr(args, prefix + key) else key, None)
         if value is not None:
             out[key] = value
     if args.seed is not None:
@@ -251,9 +278,16 @@ def _observers(args: argparse.Namespace) -> list:
 
 def _options(args: argparse.Namespace) -> StageOptions:
     resume = args.resume == "auto" or (args.resume is None and distributed.active())
+    config = {}
+    if getattr(args, "config", None) is not None:
+        try:
+            config = read_config_file(args.config, args.command if args.command in STAGES
+                                      else None)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     return StageOptions(args.dataset, args.data_dir, args.download, args.limit, args.device,
                         args.workers, args.threads, resume, args.quiet,
-                        observers=_observers(args))
+                        observers=_observers(args), config=config)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -286,6 +320,7 @@ def _add_search_command(sub) -> None:
                                    "; writes genotype.json, metrics.json and checkpoint.pt.")
     _add_search_options(p)
     _add_common(p)
+    _add_config_option(p)
     p.set_defaults(handler=_cmd_search)
 
 
@@ -298,6 +333,7 @@ def _add_train_command(sub) -> None:
                         + ", ".join(PUBLISHED))
     _add_train_options(p)
     _add_common(p)
+    _add_config_option(p)
     p.set_defaults(handler=_cmd_train)
 
 
@@ -308,6 +344,7 @@ def _add_run_command(sub) -> None:
     _add_search_options(p, prefix="search-")
     _add_train_options(p, prefix="train-")
     _add_common(p)
+    _add_config_option(p)
     p.set_defaults(handler=_cmd_run)
 
 

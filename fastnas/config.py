@@ -173,5 +173,73 @@ class LoopConfig(Config):
     max_nonfinite_skips: int = integer(10, low=1)
 
 
-__all__ = ["Config", "LoopConfig", "check_bool", "check_choice", "check_device", "check_float",
-           "check_int", "choice", "device", "flag", "integer", "number"]
+# -- config files -----------------------------------------------------------------------------
+STAGES = ("search", "train")
+# Keys a stage sets itself: from the data (``in_channels``, ``num_classes``) and from ``--device``.
+RUNTIME_KEYS = ("in_channels", "num_classes", "device")
+
+
+def read_config_file(path: str, stage: Optional[str] = None) -> dict:
+    """The stage tables of a JSON (``.json``) or TOML (any other name) config file, as
+    ``{"search": {...}, "train": {...}}``.
+
+    A file holds a ``search`` and/or a ``train`` table of config keys (``fastnas run`` reads both;
+    a run folder's ``config.json`` has this form), or, for a one-stage command (``stage``), the
+    keys of that stage at the top level. The keys themselves are checked by the stage's config;
+    here only the shape is, and every problem is a ``ValueError`` naming the file."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read((1 << 20) + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read config file {path}: {e.strerror or e}") from None
+    if len(raw) > 1 << 20:
+        raise ValueError(f"config file {path} is larger than 1 MiB")
+    try:
+        text = raw.decode("utf-8")
+        if path.endswith(".json"):
+            values = json.loads(text)
+        else:
+            values = _toml_loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        kind = "JSON" if path.endswith(".json") else "TOML"
+        raise ValueError(f"config file {path} is not valid {kind}: "
+                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"config file {path} must hold a table of keys, got "
+                         f"{type(values).__name__}")
+    tables = {k: v for k, v in values.items() if k in STAGES}
+    if not tables:
+        if stage is None:
+            raise ValueError(f"config file {path} must hold a [search] and/or a [train] table "
+                             "for fastnas run")
+        tables = {stage: values}
+    elif len(tables) != len(values):
+        raise ValueError(f"config file {path}: keys {sorted(set(values) - set(tables))} stand "
+                         "outside the [search] and [train] tables")
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"config file {path}: {name} must be a table of keys, got "
+                             f"{type(table).__name__}")
+        if "device" in table:
+            raise ValueError(f"config file {path}: the device is chosen with --device, not "
+                             f"in the file ({name}.device)")
+    return tables
+
+
+def _toml_loads(text: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError("TOML needs Python 3.11+ or `pip install tomli`; a .json file "
+                             "works everywhere") from None
+    return tomllib.loads(text)
+
+
+__all__ = ["Config", "LoopConfig", "RUNTIME_KEYS", "STAGES", "check_bool", "check_choice",
+           "check_device", "check_float", "check_int", "choice", "device", "flag", "integer",
+           "number", "read_config_file"]

@@ -23,6 +23,7 @@ exit status.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -33,6 +34,7 @@ import torch
 
 from . import data, distributed
 from .checkpoint import check_kind, load_latest, previous_path, save_checkpoint, write_json_atomic
+from .config import RUNTIME_KEYS
 from .console import Progress, duration, epochs, log, print_block
 from .darts import DARTSOptimizer
 from .enas import ENASOptimizer
@@ -107,6 +109,9 @@ class StageOptions:
     resume: bool = False
     quiet: bool = False
     observers: Sequence[StageObserver] = field(default_factory=tuple)
+    # Stage tables of a config file (``fastnas.config.read_config_file``): their keys are the
+    # stage config's own, under the flags and over the per-dataset defaults.
+    config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,18 +134,24 @@ class SearchMethod:
 
 _COMMON_KEYS = {"epochs": "epochs", "channels": "channels", "batch_size": "batch_size",
                 "seed": "seed", "on_nonfinite": "on_nonfinite",
-                "max_nonfinite_skips": "max_nonfinite_skips"}
+                "max_nonfinite_skips": "max_nonfinite_skips", "lr_min": "lr_min",
+                "momentum": "momentum", "weight_decay": "weight_decay", "grad_clip": "grad_clip"}
 # Settings a resumed stage may change: how long it runs, what a non-finite value does, and
 # whether the supernet runs compiled (the same computation).
 RESUME_MAY_CHANGE = ("epochs", "on_nonfinite", "max_nonfinite_skips", "compile")
 SEARCH_METHODS: Dict[str, SearchMethod] = {
     "darts": SearchMethod("darts", DARTSOptimizer,
                           {**_COMMON_KEYS, "layers": "layers", "order": "order",
-                           "compile": "compile"},
+                           "compile": "compile", "learning_rate": "learning_rate_w",
+                           "arch_learning_rate": "learning_rate_alpha",
+                           "arch_weight_decay": "arch_weight_decay"},
                           scored="supernet"),
-    "enas": SearchMethod("enas", ENASOptimizer, {**_COMMON_KEYS, "layers": "num_layers"},
+    "enas": SearchMethod("enas", ENASOptimizer,
+                         {**_COMMON_KEYS, "layers": "num_layers", "learning_rate": "shared_lr",
+                          "arch_learning_rate": "controller_lr"},
                          scored="derived child with the shared weights"),
 }
+DEFAULT_METHOD = "darts"
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
@@ -290,6 +301,26 @@ def _data_source(options: StageOptions, state: Optional[dict],
     return saved["dataset"], saved.get("limit")
 
 
+def _file_settings(options: StageOptions, stage: str, info: Any) -> Dict[str, Any]:
+    """The config file's table for ``stage`` (config keys; a search's epochs are its config's
+    ``num_steps``) without the keys the stage sets itself; a data key that contradicts the
+    dataset is an error."""
+    table = {k: v for k, v in options.config.get(stage, {}).items() if k != "method"}
+    for key in ("in_channels", "num_classes"):
+        if key in table and table.pop(key) != getattr(info, key):
+            raise UserError(f"the config file's {stage}.{key} does not match the dataset "
+                            f"({key} {getattr(info, key)}); drop the key")
+    if stage == "search" and "num_steps" in table:
+        table["epochs"] = table.pop("num_steps")
+    return table
+
+
+def _write_config(stage: str, table: Mapping[str, Any], path: str) -> None:
+    """``config.json``: the resolved settings of a stage, in the form ``--config`` reads, so a
+    run can be repeated from its folder."""
+    write_json_atomic({stage: {k: v for k, v in table.items() if k not in RUNTIME_KEYS}}, path)
+
+
 def _check_unchanged(given: Mapping[str, Any], config: Mapping[str, Any], path: str) -> None:
     for key, value in given.items():
         if key not in RESUME_MAY_CHANGE and key in config and config[key] != value:
@@ -337,25 +368,28 @@ def _interrupted(kind: str, done: int, total: int, checkpoint: str, saved: bool,
 
 
 # -- search ---------------------------------------------------------------------------------------
-def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
+def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, Any],
                  output: str) -> Tuple[Any, dict]:
-    """Search with ``method`` (a key of ``SEARCH_METHODS``) and the settings ``given`` (keys of
-    ``SEARCH_DEFAULTS``, plus ``order`` for DARTS); writes ``genotype.json``, ``metrics.json``,
-    ``alphas.json`` (``fastnas.reports.alphas``) and ``checkpoint.pt`` in ``output``. Returns
-    ``(architecture, metrics)``."""
+    """Search with ``method`` (a key of ``SEARCH_METHODS``; None: the config file's, else
+    ``darts``) and the settings ``given`` (keys of ``SEARCH_DEFAULTS`` and the search flags,
+    over the config file's ``search`` table); writes ``genotype.json``, ``metrics.json``,
+    ``alphas.json`` (``fastnas.reports.alphas``), ``config.json`` and ``checkpoint.pt`` in
+    ``output``. Returns ``(architecture, metrics)``."""
+    method = method or options.config.get("search", {}).get("method") or DEFAULT_METHOD
     if method not in SEARCH_METHODS:
         raise UserError(f"unknown search method {method!r}; use --method "
                         f"{' or '.join(SEARCH_METHODS)}")
     method = SEARCH_METHODS[method]
     paths = {name: os.path.join(output, name)
-             for name in ("genotype.json", "metrics.json", "alphas.json", "checkpoint.pt")}
+             for name in ("genotype.json", "metrics.json", "alphas.json", "config.json",
+                          "checkpoint.pt")}
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "search", method.name))
     dataset, limit = _data_source(options, state, checkpoint)
     info = data.dataset_info(dataset)
     _set_threads(options, dataset)
-    given = method.config_given(given)
+    given = {**_file_settings(options, "search", info), **method.config_given(given)}
     if state:
         _check_unchanged(given, state["config"], checkpoint)
         config = dict(state["config"], **{k: v for k, v in given.items()
@@ -378,6 +412,8 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     if state:
         _restore(optimizer, state, checkpoint)
     cfg = optimizer.config
+    _on_main(lambda: _write_config("search", {"method": method.name, **cfg.to_dict()},
+                                   paths["config.json"]))
     seed, workers = cfg.seed or 0, _workers(options, dataset)
     batch = _per_rank(cfg.batch_size)
     train_loader = data.make_loader(split.weights, batch, shuffle=True, device=device,
@@ -484,7 +520,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     ``given`` (keys of ``TrainConfig``); writes ``model.pt``, ``metrics.json`` and
     ``checkpoint.pt`` in ``output``. Returns ``(genotype, metrics)``."""
     paths = {name: os.path.join(output, name) for name in ("model.pt", "metrics.json",
-                                                           "checkpoint.pt")}
+                                                           "config.json", "checkpoint.pt")}
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "train"))
@@ -494,6 +530,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     dataset, limit = _data_source(options, state, checkpoint)
     info = data.dataset_info(dataset)
     _set_threads(options, dataset)
+    given = {**_file_settings(options, "train", info), **given}
     if state:
         saved_genotype = Genotype.parse(state["genotype"])
         if genotype is not None and genotype != saved_genotype:
@@ -523,6 +560,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     trainer = _build(lambda: FinalTrainer(genotype, cfg))
     if state:
         _restore(trainer, state, checkpoint)
+    _on_main(lambda: _write_config("train", cfg.to_dict(), paths["config.json"]))
     workers = _workers(options, dataset)
     train_loader = data.make_loader(train_set, _per_rank(cfg.batch_size), shuffle=True,
                                     device=device, seed=cfg.seed, stream=2, num_workers=workers,
@@ -583,14 +621,16 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
 
 
 # -- both -----------------------------------------------------------------------------------------
-def run_pipeline(options: StageOptions, method: str, search_given: Dict[str, Any],
+def run_pipeline(options: StageOptions, method: Optional[str], search_given: Dict[str, Any],
                  train_given: Dict[str, Any], output: str) -> Dict[str, dict]:
     """Search with ``method`` into ``output/search``, then train the result from scratch into
-    ``output/train``; returns both stages' metrics (``{"search": ..., "train": ...}``)."""
+    ``output/train``; ``output/config.json`` holds both stages' settings. Returns both stages'
+    metrics (``{"search": ..., "train": ...}``)."""
     started = time.perf_counter()
     arch, searched = search_stage(options, method, search_given, os.path.join(output, "search"))
     options = dataclasses.replace(options, dataset=searched["dataset"])
     _, trained = train_stage(options, train_given, os.path.join(output, "train"), arch)
+    _on_main(lambda: _join_configs(output))
     print_block(f"pipeline finished in {duration(time.perf_counter() - started)}",
                 [("search", f"val accuracy {searched['val_accuracy']:.4f} -> "
                             f"{os.path.join(output, 'search', 'genotype.json')}"),
@@ -599,6 +639,15 @@ def run_pipeline(options: StageOptions, method: str, search_given: Dict[str, Any
     return {"search": searched, "train": trained}
 
 
-__all__ = ["EVAL_BATCH_SIZE", "Interrupted", "SEARCH_DEFAULTS", "SEARCH_METHODS", "SearchMethod",
+def _join_configs(output: str) -> None:
+    tables = {}
+    for stage in ("search", "train"):
+        with open(os.path.join(output, stage, "config.json"), encoding="utf-8") as f:
+            tables.update(json.load(f))
+    write_json_atomic(tables, os.path.join(output, "config.json"))
+
+
+__all__ = ["DEFAULT_METHOD", "EVAL_BATCH_SIZE", "Interrupted", "SEARCH_DEFAULTS", "SEARCH_METHODS",
+           "SearchMethod",
            "StageObserver", "StageOptions", "StageRun", "TRAIN_DEFAULTS", "prepare_output",
            "resolve_genotype", "run_pipeline", "search_stage", "train_stage"]

@@ -433,11 +433,11 @@ def test_cifar10_example_script_runs(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     assert 0 <= metrics["train"]["test_accuracy"] <= 1
-    assert sorted(os.listdir(tmp_path / "out")) == ["search", "train"]
-    assert sorted(os.listdir(tmp_path / "out" / "search")) == ["alphas.json", "checkpoint.pt",
-                                                               "genotype.json", "metrics.json"]
-    assert sorted(os.listdir(tmp_path / "out" / "train")) == ["checkpoint.pt", "metrics.json",
-                                                              "model.pt"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "search", "train"]
+    assert sorted(os.listdir(tmp_path / "out" / "search")) == [
+        "alphas.json", "checkpoint.pt", "config.json", "genotype.json", "metrics.json"]
+    assert sorted(os.listdir(tmp_path / "out" / "train")) == ["checkpoint.pt", "config.json",
+                                                              "metrics.json", "model.pt"]
     assert "test accuracy" in capsys.readouterr().out
 
 

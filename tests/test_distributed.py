@@ -225,7 +225,7 @@ def two_rank_search(tmp_path_factory):
 def test_torchrun_search_writes_one_set_of_files(two_rank_search):
     out, done = two_rank_search
     assert sorted(os.listdir(out)) == ["alphas.json", "checkpoint.prev.pt", "checkpoint.pt",
-                                       "genotype.json", "metrics.json"]
+                                       "config.json", "genotype.json", "metrics.json"]
     state = load_checkpoint(out / "checkpoint.pt")
     assert len(state["rng"]["per_rank"]) == 2 and state["epoch"] == 3
     assert state["history"][0]["steps"] == 4   # 128 weight images, 64 a rank, 16 a batch
@@ -257,7 +257,8 @@ def test_torchrun_train_with_ddp(tmp_path):
                      "--layers", "3", "--channels", "4", "--batch-size", "64", "--limit", "256",
                      "--quiet", "--no-plots", "--dist-timeout", "30"], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "metrics.json", "model.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "metrics.json",
+                                            "model.pt"]
     assert main(["train", "--genotype", "DARTS_V2", "--sync-bn", "--dataset", "digits",
                  "--quiet", "--output", str(tmp_path / "syncbn")]) == 2
 
@@ -275,7 +276,8 @@ def test_two_nodes_over_the_loopback(tmp_path):
     outs = [a.communicate(timeout=240) for a in agents]
     for agent, (_, err) in zip(agents, outs):
         assert agent.returncode == 0, err[-3000:]
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "metrics.json", "model.pt"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json", "metrics.json",
+                                            "model.pt"]
     assert sum(out.count("training finished") for out, _ in outs) == 1
 
 

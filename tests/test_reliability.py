@@ -146,7 +146,8 @@ def test_a_failed_write_leaves_nothing_behind_and_says_why(tmp_path, monkeypatch
     lines = err.strip().splitlines()
     assert lines[-1].startswith("fastnas: error: cannot write ") and "checkpoint.pt" in lines[-1]
     assert "unexpected pos" in lines[-1] and "Traceback" not in err
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "metrics.json"]   # epoch 1 kept
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json",
+                                            "metrics.json"]   # epoch 1 kept
     assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
 
 
@@ -190,7 +191,8 @@ def test_nan_after_good_epochs_stops_and_keeps_the_good_files(tmp_path, monkeypa
     assert last == ("fastnas: training stopped: non-finite train loss (nan) in epoch 2, step 6; "
                     f"the last good checkpoint {tmp_path / 'checkpoint.pt'} (1 epoch done) is "
                     "kept; see --on-nonfinite")
-    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "metrics.json"]   # no model.pt
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "config.json",
+                                            "metrics.json"]   # no model.pt
     state, metrics = finished(tmp_path)
     assert state["epoch"] == 1 and metrics["epochs"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
