@@ -419,7 +419,8 @@ class FolderData(DataSource):
         self.image_size, self.test_fraction, self.limit = image_size, test_fraction, limit
         self.workers = default_workers(FOLDER)
         found = {"classes": list(self.images.classes), "in_channels": self.images.in_channels,
-                 "size": list(self.images.size)}
+                 "size": list(self.images.size), "train_images": len(self.images.train_labels),
+                 "test_images": len(self.images.test_labels)}
         if stored is not None:
             for key, value in found.items():
                 if stored.get(key) != value:
@@ -450,7 +451,9 @@ class FolderData(DataSource):
         return {**super().record(), "data_dir": os.path.abspath(self.images.root),
                 "image_size": self.image_size,
                 "test_fraction": self.test_fraction, "size": list(self.images.size),
-                "classes": list(self.images.classes)}
+                "classes": list(self.images.classes),
+                "train_images": len(self.images.train_labels),
+                "test_images": len(self.images.test_labels)}
 
 
 class _Transformed(Dataset):

@@ -10,9 +10,10 @@ are ignored.
   ``I``, ``I;16``, ``F``) is read as 1 channel; any other mix (RGB, RGBA, palette, CMYK, gray
   among colour) as 3 channels, RGB. Alpha is dropped, as torchvision's loader does
   (``convert("RGB")``).
-- **Size.** With ``image_size`` S every image is scaled so that its shorter side is S, then
-  centre-cropped to S x S (``ImageOps.fit``, bilinear; torchvision's ``Resize(S)`` +
-  ``CenterCrop(S)``). Without it all images must already have one size.
+- **Size.** With ``image_size`` S every image is scaled (bilinear, Pillow's antialiased resize)
+  so that its shorter side is S, then centre-cropped to S x S: torchvision's ``Resize(S)`` and
+  ``CenterCrop(S)`` on a PIL image, pixel for pixel. Without it all images must already have
+  one size.
 - **Split.** ``test_fraction`` f puts ``round(f * n_c)`` images of each class c (at least 1, at
   most ``n_c - 1``) into the test split, chosen by a seeded permutation (``SPLIT_SEED``,
   independent of the run's seed): the same folder always splits the same way.
@@ -23,8 +24,8 @@ are ignored.
   scaled to [0, 1], from exact integer sums.
 
 Everything wrong with a folder is a :class:`UserError` of one line naming the file or class: a
-missing folder, no class folders, a single class, an empty class, a class missing from the test
-split (or only in it), an unreadable image, mixed sizes without ``image_size``.
+missing folder, no class folders, a single class folder, an empty class, a class missing from
+the test split (or only in it), an unreadable image, mixed sizes without ``image_size``.
 """
 from __future__ import annotations
 
@@ -90,6 +91,12 @@ def _class_files(folder: str) -> Dict[str, List[str]]:
     return files
 
 
+def _check_classes(folder: str, classes: Sequence[str]) -> None:
+    if len(classes) < 2:
+        raise UserError(f"image folder {folder} has one class folder ({classes[0]!r}); a "
+                        "classifier needs at least 2")
+
+
 def _split_files(root: str, test_fraction: Optional[float]
                  ) -> Tuple[Tuple[str, ...], List[List[str]], List[List[str]]]:
     """``(classes, train files per class, test files per class)`` of either layout."""
@@ -108,6 +115,7 @@ def _split_files(root: str, test_fraction: Optional[float]
                 raise UserError(f"class {name!r} is missing from the test split (no folder "
                                 f"{os.path.join(test_dir, name)})")
         classes = tuple(train)
+        _check_classes(train_dir, classes)
         return classes, [train[c] for c in classes], [test[c] for c in classes]
     if has_train or has_test:
         present, absent = ("train", "test") if has_train else ("test", "train")
@@ -118,6 +126,7 @@ def _split_files(root: str, test_fraction: Optional[float]
     files = _class_files(root)
     rng = np.random.default_rng(SPLIT_SEED)
     classes, train, test = tuple(files), [], []
+    _check_classes(root, classes)
     for name in classes:
         paths = files[name]
         if len(paths) < 2:
@@ -155,14 +164,29 @@ def _headers(paths: Sequence[str]) -> Tuple[Dict[str, Tuple[int, int]], bool]:
     return sizes, gray
 
 
-def _decode(path: str, mode: str, image_size: Optional[int]) -> np.ndarray:
-    from PIL import Image, ImageOps
+def _scale_and_crop(image, side: int):
+    """Shorter side to ``side`` (the longer one ``int(side * long / short)``), then the centre
+    ``side x side`` (offsets ``round((extent - side) / 2)``), as torchvision's PIL path."""
+    from PIL import Image
 
+    width, height = image.size
+    if (width, height) == (side, side):
+        return image
+    if width <= height:
+        size = (side, int(side * height / width))
+    else:
+        size = (int(side * width / height), side)
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = int(round((size[0] - side) / 2.0)), int(round((size[1] - side) / 2.0))
+    return image.crop((left, top, left + side, top + side))
+
+
+def _decode(path: str, mode: str, image_size: Optional[int]) -> np.ndarray:
     with _open(path) as image:
         try:
             image = image.convert(mode)
-            if image_size is not None and image.size != (image_size, image_size):
-                image = ImageOps.fit(image, (image_size, image_size), Image.Resampling.BILINEAR)
+            if image_size is not None:
+                image = _scale_and_crop(image, image_size)
             pixels = np.asarray(image, dtype=np.uint8)
         except Exception as e:  # a truncated or corrupt body shows only when decoded
             raise UserError(f"cannot read image {path}: {_reason(e)}") from None

@@ -26,7 +26,7 @@ def write_image(path, size=(20, 20), mode="RGB", seed=0, base=(200, 40, 40), fmt
     else:
         pixels = rgb
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(pixels, mode).save(path, format=fmt)
+    Image.fromarray(pixels).save(path, format=fmt)   # mode from the shape: L, RGB or RGBA
     return pixels
 
 
@@ -44,8 +44,8 @@ def write_image_folder(root, classes=("cat", "dog", "fox"), per_class=8, test_pe
             groups = [("train", per_class), ("test", test_per_class)]
         else:
             groups = [("", per_class + test_per_class)]
-        for sub, count in groups:
+        for g, (sub, count) in enumerate(groups):
             for i in range(count):
                 path = os.path.join(root, sub, name, f"{i:03d}{ext}")
-                write_image(path, size, mode, seed=hash((seed, c, sub, i)) % 2**32, base=base)
+                write_image(path, size, mode, seed=[seed, c, g, i], base=base)
     return root
