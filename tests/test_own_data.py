@@ -126,7 +126,7 @@ def test_from_dataset_through_the_pipeline_api(tmp_path, capsys):
     images = torch.randn(40, 2, 10, 10, generator=g) + labels.view(-1, 1, 1, 1).float()
     train = data.ArrayDataset(images[:32], labels[:32])
     test = data.ArrayDataset(images[32:], labels[32:])
-    options = StageOptions(dataset=data.from_dataset(train, test), quiet=True)
+    options = StageOptions(dataset=data.from_dataset(train, test), quiet=True, threads=1)
     small = {"epochs": 1, "layers": 3, "channels": 4, "batch_size": 8}
     result = run_pipeline(options, "darts", small, small, str(tmp_path / "run"))
     assert result["search"]["dataset"] == result["train"]["dataset"] == "custom"
@@ -183,3 +183,13 @@ def test_a_folder_search_under_torchrun_reads_one_shard_a_rank(tmp_path):
     # 12 weight images, 6 a rank, a global batch of 8 is 4 a rank: 2 steps
     assert state["history"][0]["steps"] == 2
     assert state["run"]["data"]["classes"] == ["cat", "dog", "fox"]
+
+
+def test_tune_says_it_does_not_read_folders_yet(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    assert main(["tune", "--dataset", "folder", "--data-dir", str(tmp_path), "--output",
+                 str(tmp_path / "t")]) == 2
+    assert capsys.readouterr().err.strip() == ("fastnas: error: fastnas tune reads digits and "
+                                               "cifar10, not folder (not yet: use fastnas run "
+                                               "for it)")
+    assert not os.path.exists(tmp_path / "t")
