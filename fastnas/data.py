@@ -38,12 +38,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .errors import UserError
-from .image_folder import channel_stats, interleaved_order, read_image_folder
+from .image_folder import channel_stats, image_pixels, interleaved_order, read_image_folder
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a network needs to know about a dataset."""
+    """What a network needs to know about a dataset (``image_size``: the images' height, their
+    side when square)."""
 
     name: str
     in_channels: int
@@ -71,6 +72,7 @@ CIFAR100_FOLDER = "cifar-100-python"
 CIFAR100_MEAN = (0.5070751592371323, 0.48654887331495095, 0.4409178433670343)
 CIFAR100_STD = (0.2673342858792401, 0.2564384629170883, 0.27615047132568404)
 CIFAR_FOLDERS = {"cifar10": CIFAR10_FOLDER, "cifar100": CIFAR100_FOLDER}
+CIFAR_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -225,16 +227,17 @@ def _read_cifar_batch(path: str, label_key: str = "labels",
     return data, labels
 
 
-# Per dataset: display name, train files, test files, label key (CIFAR-100: the 100 fine labels).
+# Per dataset: train files, test files, label key (CIFAR-100: the 100 fine labels).
 _CIFAR_FILES = {
-    "cifar10": ("CIFAR-10", CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILES, "labels"),
-    "cifar100": ("CIFAR-100", ("train",), ("test",), "fine_labels"),
+    "cifar10": (CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILES, "labels"),
+    "cifar100": (("train",), ("test",), "fine_labels"),
 }
 
 
 @functools.lru_cache(maxsize=4)
 def _cifar_tensors(name: str, folder: str, train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    title, train_files, test_files, label_key = _CIFAR_FILES[name]
+    title = CIFAR_TITLES[name]
+    train_files, test_files, label_key = _CIFAR_FILES[name]
     if not os.path.isdir(folder):
         raise UserError(f"{title} not found: {folder} does not exist (pass --download to fetch "
                         f"it, or --data-dir a folder holding {CIFAR_FOLDERS[name]})")
@@ -276,7 +279,7 @@ def download_cifar(name: str, data_dir: str) -> None:
     network)."""
     import torchvision
 
-    title = _CIFAR_FILES[name][0]
+    title = CIFAR_TITLES[name]
     source = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[name]
     try:
         getattr(torchvision.datasets, source)(root=os.path.expanduser(str(data_dir)),
@@ -454,6 +457,22 @@ class FolderData(DataSource):
                 "classes": list(self.images.classes),
                 "train_images": len(self.images.train_labels),
                 "test_images": len(self.images.test_labels)}
+
+
+def image_input(record: Mapping[str, Any], image) -> torch.Tensor:
+    """A PIL ``image`` as the network trained on an image folder takes it, from the ``data``
+    record of its ``model.pt``: read as the folder's images (channels, ``--image-size``), then
+    normalized with the stored mean and std. Returns float ``[C, H, W]``; a size the network was
+    not trained on (no ``--image-size`` and another size) is a UserError."""
+    if record.get("dataset") != FOLDER:
+        raise UserError(f"image_input reads images as an image folder's; this record is "
+                        f"{record.get('dataset')!r}")
+    pixels = np.array(image_pixels(image, record["in_channels"], record["image_size"]))
+    if list(pixels.shape[1:]) != list(record["size"]):
+        raise UserError(f"the image is {pixels.shape[2]}x{pixels.shape[1]} (width x height); the "
+                        f"network was trained on {record['size'][1]}x{record['size'][0]}")
+    normalize = image_transform(record["size"], record["mean"], record["std"], augment=False)
+    return normalize(torch.from_numpy(pixels))
 
 
 class _Transformed(Dataset):
@@ -669,10 +688,11 @@ def set_epoch(loaders: Sequence[EpochLoader], epoch: int) -> None:
 
 __all__ = [
     "ArrayDataset", "BuiltinData", "CIFAR100_FOLDER", "CIFAR100_MEAN", "CIFAR100_STD",
-    "CIFAR10_FOLDER", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR_FOLDERS", "CustomData", "Cutout",
-    "DATASETS", "DATASET_NAMES", "DataSource", "DatasetInfo", "EpochLoader", "FOLDER",
-    "FolderData", "SearchData", "ShardSampler", "cifar100_split", "cifar10_folder",
-    "cifar10_split", "cifar10_transform", "cifar_folder", "dataset_info", "default_workers",
-    "digits_split", "download_cifar", "download_cifar10", "from_dataset", "image_transform",
-    "labels_of", "load_split", "make_loader", "open_data", "search_data", "set_epoch",
+    "CIFAR10_FOLDER", "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR_FOLDERS", "CIFAR_TITLES",
+    "CustomData", "Cutout", "DATASETS", "DATASET_NAMES", "DataSource", "DatasetInfo",
+    "EpochLoader", "FOLDER", "FolderData", "SearchData", "ShardSampler", "cifar100_split",
+    "cifar10_folder", "cifar10_split", "cifar10_transform", "cifar_folder", "dataset_info",
+    "default_workers", "digits_split", "download_cifar", "download_cifar10", "from_dataset",
+    "image_input", "image_transform", "labels_of", "load_split", "make_loader", "open_data",
+    "search_data", "set_epoch",
 ]

@@ -181,16 +181,22 @@ def _scale_and_crop(image, side: int):
     return image.crop((left, top, left + side, top + side))
 
 
-def _decode(path: str, mode: str, image_size: Optional[int]) -> np.ndarray:
+def image_pixels(image, in_channels: int, image_size: Optional[int] = None) -> np.ndarray:
+    """uint8 ``[C, H, W]`` pixels of a PIL ``image`` as a folder's images are read: to gray
+    (``in_channels`` 1) or RGB (3), then scaled and centre-cropped to ``image_size``."""
+    image = image.convert("L" if in_channels == 1 else "RGB")
+    if image_size is not None:
+        image = _scale_and_crop(image, image_size)
+    pixels = np.asarray(image, dtype=np.uint8)
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+def _decode(path: str, in_channels: int, image_size: Optional[int]) -> np.ndarray:
     with _open(path) as image:
         try:
-            image = image.convert(mode)
-            if image_size is not None:
-                image = _scale_and_crop(image, image_size)
-            pixels = np.asarray(image, dtype=np.uint8)
+            return image_pixels(image, in_channels, image_size)
         except Exception as e:  # a truncated or corrupt body shows only when decoded
             raise UserError(f"cannot read image {path}: {_reason(e)}") from None
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
 
 
 def interleaved_order(labels: Sequence[int], seed: int = SPLIT_SEED) -> np.ndarray:
@@ -206,13 +212,13 @@ def interleaved_order(labels: Sequence[int], seed: int = SPLIT_SEED) -> np.ndarr
     return np.lexsort((labels, keys))
 
 
-def _stack(files: Sequence[Sequence[str]], mode: str, image_size: Optional[int]
+def _stack(files: Sequence[Sequence[str]], in_channels: int, image_size: Optional[int]
            ) -> Tuple[torch.Tensor, torch.Tensor]:
     labels = np.concatenate([np.full(len(paths), c, dtype=np.int64)
                              for c, paths in enumerate(files)])
     paths = [p for group in files for p in group]
     order = interleaved_order(labels)
-    images = np.stack([_decode(paths[i], mode, image_size) for i in order])
+    images = np.stack([_decode(paths[i], in_channels, image_size) for i in order])
     return torch.from_numpy(images), torch.from_numpy(labels[order])
 
 
@@ -233,9 +239,9 @@ def read_image_folder(root: str, image_size: Optional[int] = None,
                 raise UserError(f"images differ in size: {first} is {size[0]}x{size[1]} but "
                                 f"{path} is {other[0]}x{other[1]}; pass --image-size N to "
                                 "scale and crop them all to NxN")
-    mode = "L" if gray else "RGB"
-    train_images, train_labels = _stack(train, mode, image_size)
-    test_images, test_labels = _stack(test, mode, image_size)
+    channels = 1 if gray else 3
+    train_images, train_labels = _stack(train, channels, image_size)
+    test_images, test_labels = _stack(test, channels, image_size)
     return FolderImages(root, classes, train_images, train_labels, test_images, test_labels)
 
 
@@ -262,4 +268,4 @@ def channel_stats(images: torch.Tensor, chunk: int = 1024
 
 
 __all__ = ["FolderImages", "GRAY_MODES", "IMAGE_EXTENSIONS", "SPLIT_SEED", "channel_stats",
-           "interleaved_order", "read_image_folder"]
+           "image_pixels", "interleaved_order", "read_image_folder"]

@@ -319,7 +319,7 @@ def _open_data(options: StageOptions, dataset: Any, opener: Callable[[], data.Da
     """``opener()``, after fetching CIFAR with ``--download`` if its folder is missing."""
     if options.download and dataset in data.CIFAR_FOLDERS:
         if not os.path.isdir(data.cifar_folder(dataset, options.data_dir)):
-            log(f"downloading {dataset} into {options.data_dir}")
+            log(f"downloading {data.CIFAR_TITLES[dataset]} into {options.data_dir}")
             data.download_cifar(dataset, options.data_dir)
     return opener()
 

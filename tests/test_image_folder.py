@@ -353,3 +353,27 @@ def test_from_dataset_refuses_what_the_pipeline_cannot_read():
         data.from_dataset(Pil(3), Pil(3))
     with pytest.raises(UserError, match="the test dataset is empty"):
         data.from_dataset(_Squares(3), _Squares(0))
+
+
+def test_image_input_prepares_a_new_image_as_the_folder_was_prepared(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "sizes"
+    for i, size in enumerate([(20, 20), (37, 23), (16, 40), (64, 48)]):
+        write_image(str(root / "ab"[i % 2] / f"{i}.png"), size=size, seed=i)
+    record = data.open_data("folder", str(root), image_size=16, test_fraction=0.5).record()
+    source = data.open_data(data_dir=str(root), record=record)
+    inputs = [data.image_input(record, Image.open(root / name / f))
+              for name in "ab" for f in os.listdir(root / name)]
+    for split in ("train", "test"):
+        dataset = source.split(split)
+        for k in range(len(dataset)):
+            x, _ = dataset[k]
+            assert x.shape == (3, 16, 16)
+            assert any(torch.equal(x, y) for y in inputs)   # the same arithmetic
+    exact = write_image_folder(tmp_path / "exact", per_class=2, test_per_class=1)
+    record = data.open_data("folder", exact).record()
+    with pytest.raises(UserError, match="the image is 24x20 .*trained on 20x20"):
+        data.image_input(record, Image.new("RGB", (24, 20)))
+    with pytest.raises(UserError, match="this record is 'digits'"):
+        data.image_input(data.open_data("digits").record(), Image.new("L", (8, 8)))

@@ -75,6 +75,12 @@ def test_run_on_a_folder_of_rgb_pngs_in_three_classes(tmp_path, capsys):
     assert genotype == Genotype.load(str(out / "search" / "genotype.json"))
     logits, _ = model(torch.randn(2, 3, 20, 20))
     assert logits.shape == (2, 3)
+    # a new image, prepared as the folder's were (the README's recipe)
+    from PIL import Image
+    x = data.image_input(saved["data"], Image.open(os.path.join(folder, "test", "dog", "000.png")))
+    logits, _ = model(x[None])
+    assert logits.shape == (1, 3) and saved["data"]["classes"][int(logits.argmax())] in (
+        "cat", "dog", "fox")
     # a finished run resumed redoes nothing
     assert main(argv + ["--resume"]) == 0
     assert _json(out / "train" / "metrics.json")["history"] == trained["history"]
@@ -156,7 +162,7 @@ def test_cifar100_search_from_the_command_line_and_download(tmp_path, capsys, mo
     argv = ["search", "--dataset", "cifar100", "--data-dir", str(tmp_path / "data"),
             "--download", "--epochs", "1", *TINY, "--output", str(tmp_path / "s")]
     assert main(argv) == 0
-    assert calls == [True] and "downloading cifar100" in capsys.readouterr().err
+    assert calls == [True] and "downloading CIFAR-100" in capsys.readouterr().err
     config = _json(tmp_path / "s" / "metrics.json")["config"]
     assert (config["num_classes"], config["in_channels"], config["layers"]) == (100, 3, 3)
 
