@@ -409,7 +409,8 @@ class BuiltinData(DataSource):
 class FolderData(DataSource):
     """An image folder (``fastnas.image_folder.read_image_folder``), normalized with the mean
     and std of its (limited) train split, or with ``stored`` ones (a checkpoint's or
-    ``model.pt``'s record, whose classes, channels and size must match the folder's).
+    ``model.pt``'s record, whose classes, channels, size and image counts must match the
+    folder's).
     Augmentation as CIFAR: a random crop padded by 1/8 of the shorter side (4 for 32), and a
     horizontal flip."""
 
@@ -421,11 +422,12 @@ class FolderData(DataSource):
         self.images = read_image_folder(data_dir, image_size, test_fraction)
         self.image_size, self.test_fraction, self.limit = image_size, test_fraction, limit
         self.workers = default_workers(FOLDER)
-        found = {"classes": list(self.images.classes), "in_channels": self.images.in_channels,
-                 "size": list(self.images.size), "train_images": len(self.images.train_labels),
-                 "test_images": len(self.images.test_labels)}
+        self.found = {"classes": list(self.images.classes),
+                      "in_channels": self.images.in_channels, "size": list(self.images.size),
+                      "train_images": len(self.images.train_labels),
+                      "test_images": len(self.images.test_labels)}
         if stored is not None:
-            for key, value in found.items():
+            for key, value in self.found.items():
                 if stored.get(key) != value:
                     raise UserError(f"image folder {self.images.root} has {key} {value}, but the "
                                     f"run it continues was made with {stored.get(key)}")
@@ -452,11 +454,8 @@ class FolderData(DataSource):
 
     def record(self) -> dict:
         return {**super().record(), "data_dir": os.path.abspath(self.images.root),
-                "image_size": self.image_size,
-                "test_fraction": self.test_fraction, "size": list(self.images.size),
-                "classes": list(self.images.classes),
-                "train_images": len(self.images.train_labels),
-                "test_images": len(self.images.test_labels)}
+                "image_size": self.image_size, "test_fraction": self.test_fraction,
+                **self.found}
 
 
 def image_input(record: Mapping[str, Any], image) -> torch.Tensor:
@@ -578,7 +577,8 @@ def open_data(dataset: Union[str, DataSource, None] = "digits", data_dir: Option
     """The :class:`DataSource` of ``dataset`` (a name of ``DATASET_NAMES``, or a source, used as
     it is). With ``record`` (a ``DataSource.record()``, from a checkpoint or ``model.pt``) the
     same data again: its dataset, limit, image size and split, and a folder's stored
-    normalization, read from ``data_dir`` (a folder whose classes differ is an error)."""
+    normalization, read from ``data_dir``, or from the record's own folder if ``data_dir`` is
+    none (a folder whose classes, channels, size or image counts differ is an error)."""
     if isinstance(dataset, DataSource):
         return dataset
     if record is not None:
@@ -594,7 +594,10 @@ def open_data(dataset: Union[str, DataSource, None] = "digits", data_dir: Option
     if test_fraction is not None and not 0 < test_fraction < 1:
         raise UserError(f"--test-fraction must be in (0, 1), got {test_fraction!r}")
     if dataset == FOLDER:
-        return FolderData(data_dir or "data", image_size, test_fraction, limit, stored=record)
+        data_dir = data_dir or "data"
+        if record is not None and not os.path.isdir(os.path.expanduser(data_dir)):
+            data_dir = record.get("data_dir") or data_dir   # where the folder was
+        return FolderData(data_dir, image_size, test_fraction, limit, stored=record)
     for flag, value in (("--image-size", image_size), ("--test-fraction", test_fraction)):
         if value is not None:
             raise UserError(f"{flag} applies to --dataset folder, not {dataset}")

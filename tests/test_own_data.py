@@ -86,7 +86,7 @@ def test_run_on_a_folder_of_rgb_pngs_in_three_classes(tmp_path, capsys):
     assert _json(out / "train" / "metrics.json")["history"] == trained["history"]
 
 
-def test_a_folder_search_resumes_exactly(tmp_path, capsys):
+def test_a_folder_search_resumes_exactly(tmp_path, capsys, monkeypatch):
     folder = write_image_folder(tmp_path / "D", per_class=8, test_per_class=2)
     common = ["search", "--dataset", "folder", "--data-dir", folder, *TINY]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -94,9 +94,10 @@ def test_a_folder_search_resumes_exactly(tmp_path, capsys):
     assert main([*common, "--epochs", "1", "--output", str(resumed)]) == 0
     torch.manual_seed(5)   # nothing drawn between the runs may matter
     image_folder.read_image_folder.cache_clear()
-    # the resumed search takes the dataset from its checkpoint; only the folder is named
-    assert main(["search", "--resume", "--epochs", "2", "--data-dir", folder, "--workers", "0",
-                 "--quiet", "--no-plots", "--output", str(resumed)]) == 0
+    # the resumed search takes the dataset, and the folder, from its checkpoint
+    monkeypatch.chdir(tmp_path)   # where no data/ folder is
+    assert main(["search", "--resume", "--epochs", "2", "--workers", "0", "--quiet",
+                 "--no-plots", "--output", str(resumed)]) == 0
     a, b = _json(straight / "metrics.json"), _json(resumed / "metrics.json")
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["history"]]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["history"]]
