@@ -9,7 +9,9 @@ are ignored.
 - **Channels.** A folder whose images are all grayscale (Pillow modes ``1``, ``L``, ``LA``,
   ``I``, ``I;16``, ``F``) is read as 1 channel; any other mix (RGB, RGBA, palette, CMYK, gray
   among colour) as 3 channels, RGB. Alpha is dropped, as torchvision's loader does
-  (``convert("RGB")``).
+  (``convert("RGB")``). 16-bit grayscale is scaled to 8 bits (``round(v / 257)``), where
+  Pillow's conversion would clip it; 32-bit (``I``, ``F``) images are converted by Pillow,
+  which clips them to 0..255.
 - **Size.** With ``image_size`` S every image is scaled (bilinear, Pillow's antialiased resize)
   so that its shorter side is S, then centre-cropped to S x S: torchvision's ``Resize(S)`` and
   ``CenterCrop(S)`` on a PIL image, pixel for pixel. Without it all images must already have
@@ -41,6 +43,7 @@ from .errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 SPLIT_SEED = 0
 
 
@@ -184,6 +187,11 @@ def _scale_and_crop(image, side: int):
 def image_pixels(image, in_channels: int, image_size: Optional[int] = None) -> np.ndarray:
     """uint8 ``[C, H, W]`` pixels of a PIL ``image`` as a folder's images are read: to gray
     (``in_channels`` 1) or RGB (3), then scaled and centre-cropped to ``image_size``."""
+    from PIL import Image
+
+    if image.mode in SIXTEEN_BIT:   # Pillow's own conversion would clip 256..65535 to 255
+        values = np.asarray(image).astype(np.float64)
+        image = Image.fromarray(np.clip(np.rint(values / 257), 0, 255).astype(np.uint8))
     image = image.convert("L" if in_channels == 1 else "RGB")
     if image_size is not None:
         image = _scale_and_crop(image, image_size)
@@ -267,5 +275,5 @@ def channel_stats(images: torch.Tensor, chunk: int = 1024
     return tuple(means), tuple(stds)
 
 
-__all__ = ["FolderImages", "GRAY_MODES", "IMAGE_EXTENSIONS", "SPLIT_SEED", "channel_stats",
-           "image_pixels", "interleaved_order", "read_image_folder"]
+__all__ = ["FolderImages", "GRAY_MODES", "IMAGE_EXTENSIONS", "SIXTEEN_BIT", "SPLIT_SEED",
+           "channel_stats", "image_pixels", "interleaved_order", "read_image_folder"]

@@ -377,3 +377,20 @@ def test_image_input_prepares_a_new_image_as_the_folder_was_prepared(tmp_path):
         data.image_input(record, Image.new("RGB", (24, 20)))
     with pytest.raises(UserError, match="this record is 'digits'"):
         data.image_input(data.open_data("digits").record(), Image.new("L", (8, 8)))
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    values = np.array([[0, 128, 257, 1000], [30000, 40000, 65278, 65535]], dtype=np.uint16)
+    for c, name in enumerate(("a", "b")):
+        for split in ("train", "test"):
+            os.makedirs(tmp_path / "d" / split / name, exist_ok=True)
+            Image.fromarray(values + c).save(tmp_path / "d" / split / name / "0.png")
+    assert Image.open(tmp_path / "d" / "train" / "a" / "0.png").mode == "I;16"
+    images = image_folder.read_image_folder(str(tmp_path / "d"))
+    assert images.in_channels == 1
+    got = images.train_images[images.train_labels == 0][0, 0].numpy()
+    expected = np.floor(values.astype(np.float64) / 257 + 0.5)   # round half up: no ties here
+    assert np.array_equal(got, expected.astype(np.uint8))
+    assert got.max() == 255 and got[0, 3] == 4   # 1000 / 257 = 3.89
