@@ -13,7 +13,8 @@ The layers, each importing only the ones below it (checked by import-linter, see
     genotypes                discrete architectures
     ops                      candidate ops as modules, the cell plan, fused CPU Functions
     kernels                  Triton kernels (``kernels/`` in the repository) and their dispatch
-    engine, data, checkpoint, config, console, reproducibility, errors   shared foundations
+    engine, data, image_folder, checkpoint, config, console, reproducibility, errors
+                             shared foundations
 """
 import importlib.abc
 import importlib.util

@@ -116,12 +116,17 @@ class _Parser(argparse.ArgumentParser):
 # -- arguments ------------------------------------------------------------------------------------
 def _add_common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data, device and files")
-    g.add_argument("--dataset", choices=tuple(data.DATASETS), default=None,
-                   help="digits (embedded, default) or cifar10")
+    g.add_argument("--dataset", choices=data.DATASET_NAMES, default=None,
+                   help="digits (embedded, default), cifar10, cifar100, or folder (your images "
+                        "in --data-dir)")
     g.add_argument("--data-dir", default="data", metavar="DIR",
-                   help=f"folder holding {data.CIFAR10_FOLDER} (cifar10; default: data)")
+                   help=f"folder holding {data.CIFAR10_FOLDER} or {data.CIFAR100_FOLDER}, or "
+                        "with --dataset folder the image folder: DIR/train/<class>/* and "
+                        "DIR/test/<class>/*, or DIR/<class>/* with --test-fraction (default: data)")
     g.add_argument("--download", action="store_true",
-                   help="fetch CIFAR-10 into --data-dir through torchvision if it is not there")
+                   help="fetch CIFAR-10 or CIFAR-100 into --data-dir through torchvision if it "
+                        "is not there")
+    _add_folder_options(g)
     g.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="use only the first N images of each split (quick trials)")
     g.add_argument("--seed", type=non_negative_int, default=None, metavar="S",
@@ -157,6 +162,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true",
                    help="no progress bars; one log line per epoch")
     _add_report_options(p)
+
+
+def _add_folder_options(g) -> None:
+    g.add_argument("--image-size", type=positive_int, default=None, metavar="N",
+                   help="--dataset folder: scale each image's shorter side to N and crop the "
+                        "centre NxN (default: keep the size, which all images must share)")
+    g.add_argument("--test-fraction", type=_number(0, 1, low_open=True), default=None,
+                   metavar="F", help="--dataset folder without train/ and test/: put this share "
+                                     "of each class into the test split (seeded, always the same)")
 
 
 def _add_report_options(p: argparse.ArgumentParser) -> None:
@@ -287,7 +301,8 @@ def _options(args: argparse.Namespace) -> StageOptions:
             raise UserError(str(e)) from None
     return StageOptions(args.dataset, args.data_dir, args.download, args.limit, args.device,
                         args.workers, args.threads, resume, args.quiet,
-                        observers=_observers(args), config=config)
+                        observers=_observers(args), config=config,
+                        image_size=args.image_size, test_fraction=args.test_fraction)
 
 
 # -- commands -------------------------------------------------------------------------------------

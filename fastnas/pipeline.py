@@ -28,7 +28,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -49,12 +49,19 @@ SEARCH_DEFAULTS = {
     "digits": {"epochs": 8, "layers": 5, "channels": 8, "batch_size": 64, "seed": 2},
     "cifar10": {"epochs": 50, "layers": 8, "channels": 16, "batch_size": 64, "seed": 2},
 }
+# CIFAR-100 and image folders (and any other dataset, from Python) take the paper's CIFAR-10
+# settings, except that a folder trains without cutout and without the auxiliary head (both are
+# sized for 32x32 images; the head fits only 8x8 features at 2/3 depth).
+SEARCH_DEFAULTS.update({name: SEARCH_DEFAULTS["cifar10"] for name in ("cifar100", data.FOLDER)})
 TRAIN_DEFAULTS = {
     "digits": {"epochs": 30, "layers": 5, "channels": 16, "batch_size": 128, "auxiliary": False,
                "cutout": 0, "seed": 0},
     "cifar10": {"epochs": 600, "layers": 20, "channels": 36, "batch_size": 96, "auxiliary": True,
                 "cutout": 16, "seed": 0},
 }
+TRAIN_DEFAULTS.update({"cifar100": TRAIN_DEFAULTS["cifar10"],
+                       data.FOLDER: {**TRAIN_DEFAULTS["cifar10"], "cutout": 0,
+                                     "auxiliary": False}})
 EVAL_BATCH_SIZE = 256
 
 
@@ -99,7 +106,7 @@ class StageOptions:
     """What every stage reads besides its own settings: data, device, files, output style, and
     the observers told about its progress."""
 
-    dataset: Optional[str] = None
+    dataset: Union[str, data.DataSource, None] = None   # a name, or fastnas.data.from_dataset(...)
     data_dir: str = "data"
     download: bool = False
     limit: Optional[int] = None
@@ -112,6 +119,8 @@ class StageOptions:
     # Stage tables of a config file (``fastnas.config.read_config_file``): their keys are the
     # stage config's own, under the flags and over the per-dataset defaults.
     config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    image_size: Optional[int] = None       # --dataset folder: scale and crop to this side
+    test_fraction: Optional[float] = None  # --dataset folder: split one folder into train/test
 
 
 @dataclass(frozen=True)
@@ -286,19 +295,26 @@ def _stopped(error: NonFiniteError, kind: str, checkpoint: str, done: int,
     return error.in_stage(kind, f"{kept}; see --on-nonfinite")
 
 
-def _data_source(options: StageOptions, state: Optional[dict],
-                 path: str) -> Tuple[str, Optional[int]]:
-    """``(dataset, limit)``: the checkpoint's when resuming (a contradicting option is an error),
-    else the options' (digits by default)."""
+def _data_source(options: StageOptions, state: Optional[dict], path: str) -> data.DataSource:
+    """The stage's data: the checkpoint's when resuming (its dataset, limit, folder settings and
+    stored normalization; a contradicting option is an error), else the options' (digits by
+    default)."""
     if state is None:
-        return options.dataset or "digits", options.limit
+        return _open_data(options, options.dataset, lambda: data.open_data(
+            options.dataset, options.data_dir, options.limit, options.image_size,
+            options.test_fraction))
     saved = state["run"]
-    for flag, key in (("--dataset", "dataset"), ("--limit", "limit")):
-        given = getattr(options, key)
-        if given is not None and given != saved.get(key):
+    record = saved.get("data") or {"dataset": saved["dataset"], "limit": saved.get("limit")}
+    source = options.dataset if isinstance(options.dataset, data.DataSource) else None
+    for flag, key, given in (("--dataset", "dataset", source.name if source else options.dataset),
+                             ("--limit", "limit", options.limit),
+                             ("--image-size", "image_size", options.image_size),
+                             ("--test-fraction", "test_fraction", options.test_fraction)):
+        if given is not None and given != record.get(key):
             raise UserError(f"{flag} {given} does not match the checkpoint {path} "
-                            f"({key} {saved.get(key)}); drop the flag or drop --resume")
-    return saved["dataset"], saved.get("limit")
+                            f"({key} {record.get(key)}); drop the flag or drop --resume")
+    return source or _open_data(options, record["dataset"], lambda: data.open_data(
+        data_dir=options.data_dir, record=record))
 
 
 def _file_settings(options: StageOptions, stage: str, info: Any) -> Dict[str, Any]:
@@ -329,23 +345,24 @@ def _check_unchanged(given: Mapping[str, Any], config: Mapping[str, Any], path: 
                             f"({key} {config[key]}); drop the flag or drop --resume")
 
 
-def _load_data(options: StageOptions, dataset: str, loader: Callable[[], Any]):
-    if options.download and dataset == "cifar10":
-        folder = data.cifar10_folder(options.data_dir)
-        if not os.path.isdir(folder):
-            log(f"downloading CIFAR-10 into {options.data_dir}")
-            data.download_cifar10(options.data_dir)
-    return loader()
+def _open_data(options: StageOptions, dataset: Any, opener: Callable[[], data.DataSource]
+               ) -> data.DataSource:
+    """``opener()``, after fetching CIFAR with ``--download`` if its folder is missing."""
+    if options.download and dataset in data.CIFAR_FOLDERS:
+        if not os.path.isdir(data.cifar_folder(dataset, options.data_dir)):
+            log(f"downloading {data.CIFAR_TITLES[dataset]} into {options.data_dir}")
+            data.download_cifar(dataset, options.data_dir)
+    return opener()
 
 
-def _check_size(smallest: int, limit: Optional[int]) -> None:
+def _check_size(smallest: int, limit: Optional[int], dataset: str = "") -> None:
     if smallest < 2:
-        raise UserError(f"--limit {limit} leaves {smallest} image(s) in a split; "
-                        "training needs at least 2")
+        cause = f"--limit {limit} leaves" if limit is not None else f"the {dataset} data has"
+        raise UserError(f"{cause} {smallest} image(s) in a split; training needs at least 2")
 
 
-def _workers(options: StageOptions, dataset: str) -> int:
-    return data.default_workers(dataset) if options.workers is None else options.workers
+def _workers(options: StageOptions, source: data.DataSource) -> int:
+    return source.workers if options.workers is None else options.workers
 
 
 def _set_threads(options: StageOptions, dataset: str) -> None:
@@ -386,8 +403,8 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "search", method.name))
-    dataset, limit = _data_source(options, state, checkpoint)
-    info = data.dataset_info(dataset)
+    source = _data_source(options, state, checkpoint)
+    dataset, limit, info = source.name, source.limit, source.info
     _set_threads(options, dataset)
     given = {**_file_settings(options, "search", info), **method.config_given(given)}
     if state:
@@ -397,16 +414,16 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
         total = _total_epochs(given.get("epochs"), int(state["epoch"]),
                               int(state.get("total_epochs", config["num_steps"])), checkpoint)
     else:
-        defaults = method.config_given(SEARCH_DEFAULTS[dataset])
+        defaults = method.config_given(SEARCH_DEFAULTS.get(dataset, SEARCH_DEFAULTS[data.FOLDER]))
         settings = {**defaults, **given}
         total = settings.pop("epochs")
         config = dict(settings, in_channels=info.in_channels, num_classes=info.num_classes)
     config.update(num_steps=total, device=str(device))
-    run_info = {"method": method.name, "dataset": dataset, "limit": limit}
+    run_info = {"method": method.name, "dataset": dataset, "limit": limit,
+                "data": source.record()}
 
-    split = _load_data(options, dataset,
-                       lambda: data.search_data(dataset, options.data_dir, limit))
-    _check_size(len(split.arch), limit)
+    split = source.search_data()
+    _check_size(len(split.arch), limit, dataset)
     _on_main(lambda: prepare_output(output))
     optimizer = _build(lambda: method.optimizer(config))
     if state:
@@ -414,7 +431,7 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     cfg = optimizer.config
     _on_main(lambda: _write_config("search", {"method": method.name, **cfg.to_dict()},
                                    paths["config.json"]))
-    seed, workers = cfg.seed or 0, _workers(options, dataset)
+    seed, workers = cfg.seed or 0, _workers(options, source)
     batch = _per_rank(cfg.batch_size)
     train_loader = data.make_loader(split.weights, batch, shuffle=True, device=device,
                                     seed=seed, stream=0, num_workers=workers, shard=_shard())
@@ -440,7 +457,8 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
         observer.start(run)
 
     def metrics(final: Optional[dict], arch) -> dict:
-        return {"method": method.name, "dataset": dataset, "complete": final is not None,
+        return {"method": method.name, "dataset": dataset, "data": run_info["data"],
+                "complete": final is not None,
                 "epochs": optimizer.epoch,
                 "val_accuracy": final["accuracy"] if final else None,
                 "val_loss": final["loss"] if final else None,
@@ -527,8 +545,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     if state is None and genotype is None:
         raise UserError("train needs --genotype FILE|NAME: a genotype.json written by "
                         f"fastnas search, or a published cell ({', '.join(PUBLISHED)})")
-    dataset, limit = _data_source(options, state, checkpoint)
-    info = data.dataset_info(dataset)
+    source = _data_source(options, state, checkpoint)
+    dataset, limit, info = source.name, source.limit, source.info
     _set_threads(options, dataset)
     given = {**_file_settings(options, "train", info), **given}
     if state:
@@ -543,25 +561,23 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         config["epochs"] = _total_epochs(given.get("epochs"), int(state["epoch"]),
                                          state["config"]["epochs"], checkpoint)
     else:
-        config = {**TRAIN_DEFAULTS[dataset], **given, "in_channels": info.in_channels,
-                  "num_classes": info.num_classes}
+        config = {**TRAIN_DEFAULTS.get(dataset, TRAIN_DEFAULTS[data.FOLDER]), **given,
+                  "in_channels": info.in_channels, "num_classes": info.num_classes}
     config["device"] = str(device)
-    run_info = {"dataset": dataset, "limit": limit}
+    run_info = {"dataset": dataset, "limit": limit, "data": source.record()}
 
     cfg = _build(lambda: TrainConfig.from_dict(config))
     # Data first: loading may import libraries that draw from the global generators (sklearn's
     # import does), which must happen before the trainer seeds them or restores their state.
-    train_set, test_set = _load_data(options, dataset, lambda: (
-        data.load_split(dataset, "train", options.data_dir, augment=True, cutout=cfg.cutout,
-                        limit=limit),
-        data.load_split(dataset, "test", options.data_dir, limit=limit)))
-    _check_size(min(len(train_set), len(test_set)), limit)
+    train_set = source.split("train", augment=True, cutout=cfg.cutout)
+    test_set = source.split("test")
+    _check_size(min(len(train_set), len(test_set)), limit, dataset)
     _on_main(lambda: prepare_output(output))
     trainer = _build(lambda: FinalTrainer(genotype, cfg))
     if state:
         _restore(trainer, state, checkpoint)
     _on_main(lambda: _write_config("train", cfg.to_dict(), paths["config.json"]))
-    workers = _workers(options, dataset)
+    workers = _workers(options, source)
     train_loader = data.make_loader(train_set, _per_rank(cfg.batch_size), shuffle=True,
                                     device=device, seed=cfg.seed, stream=2, num_workers=workers,
                                     shard=_shard())
@@ -604,7 +620,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
 
     result = {"dataset": dataset, **result}
     _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
-                                             test_accuracy=result["test_accuracy"]),
+                                             test_accuracy=result["test_accuracy"],
+                                             data=run_info["data"]),
                   lambda: write_json_atomic(result, paths["metrics.json"])])
     for observer in _observers(options):
         observer.end(run, result)
@@ -628,7 +645,10 @@ def run_pipeline(options: StageOptions, method: Optional[str], search_given: Dic
     metrics (``{"search": ..., "train": ...}``)."""
     started = time.perf_counter()
     arch, searched = search_stage(options, method, search_given, os.path.join(output, "search"))
-    options = dataclasses.replace(options, dataset=searched["dataset"])
+    if not isinstance(options.dataset, data.DataSource):  # train on what the search read
+        source = data.open_data(data_dir=options.data_dir, record=searched["data"])
+        options = dataclasses.replace(options, dataset=source, limit=None, image_size=None,
+                                      test_fraction=None)
     _, trained = train_stage(options, train_given, os.path.join(output, "train"), arch)
     _on_main(lambda: _join_configs(output))
     print_block(f"pipeline finished in {duration(time.perf_counter() - started)}",

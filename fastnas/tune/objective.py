@@ -16,23 +16,13 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from .. import data
+from ..data import labels_of
 from ..genotypes import Genotype
 from ..pipeline import EVAL_BATCH_SIZE
 from ..training import FinalTrainer, count_parameters
 from .config import HPARAM_RANGES, TuneConfig
 
 VAL_SPLIT_SEED = 0
-
-
-def labels_of(dataset: Dataset) -> np.ndarray:
-    """The class labels of ``dataset`` without loading its images (``ArrayDataset`` and
-    ``Subset`` chains; any other dataset is iterated)."""
-    if isinstance(dataset, Subset):
-        return labels_of(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
-    labels = getattr(dataset, "labels", None)
-    if isinstance(labels, torch.Tensor):
-        return labels.numpy()
-    return np.asarray([int(y) for _, y in dataset])
 
 
 def validation_split(labels: Sequence[int], fraction: float,

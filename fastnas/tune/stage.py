@@ -133,6 +133,13 @@ def _warm_start(run: SearchRun) -> List[Genotype]:
     return out
 
 
+def _check_tunable(dataset: Any) -> None:
+    if dataset is not None and dataset not in TUNE_DEFAULTS:
+        name = getattr(dataset, "name", dataset)
+        raise UserError(f"fastnas tune reads {' and '.join(TUNE_DEFAULTS)}, not {name} (not "
+                        "yet: use fastnas run for it)")
+
+
 def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
                method: Optional[str] = None, source: Optional[str] = None,
                search_given: Optional[Dict[str, Any]] = None, storage: Optional[str] = None,
@@ -146,7 +153,9 @@ def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
     from . import study as studies
 
     started = time.perf_counter()
+    _check_tunable(options.dataset)
     run = _search(options, method, source, dict(search_given or {}), output)
+    _check_tunable(run.dataset)
     if options.dataset is not None and options.dataset != run.dataset:
         raise UserError(f"--dataset {options.dataset}: the search in {run.folder} ran on "
                         f"{run.dataset}")
