@@ -12,6 +12,8 @@ setup(
     # package.
     packages=["fastnas", *(f"fastnas.{p}" for p in find_packages("fastnas")), "fastnas.kernels"],
     package_dir={"fastnas": "fastnas", "fastnas.kernels": "kernels"},
+    # the NAS-Bench-201 table (bz2 CSV) and its provenance and license
+    package_data={"fastnas.nb201": ["test-accuracy-200-epochs.csv.bz2", "TABLE.md"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
