@@ -33,6 +33,7 @@ from .checkpoint import write_json_atomic
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
 from .interrupts import handle_termination
+from .nb201 import resolve_cell
 from .paper import convert_paper_checkpoint
 from .pipeline import (
     SEARCH_METHODS,
@@ -269,7 +270,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    genotype = resolve_genotype(args.genotype) if args.genotype is not None else None
+    if args.space == "nb201":  # an NB201 cell: its benchmark string, a file or a folder
+        if args.genotype is None and not args.resume:
+            raise UserError("train --space nb201 needs --genotype '|op~0|+|op~0|op~1|+...|' "
+                            "(or a cell file, or a search or tune folder)")
+        try:
+            genotype = resolve_cell(args.genotype) if args.genotype is not None else None
+        except ValueError as e:
+            raise UserError(f"--genotype: {e}") from None
+    else:
+        genotype = resolve_genotype(args.genotype) if args.genotype is not None else None
     train_stage(_options(args), _given(args, TRAIN_KEYS), _default_output(args, "train"),
                 genotype)
     return 0
@@ -297,6 +307,11 @@ def _add_train_command(sub) -> None:
     p.add_argument("--genotype", metavar="FILE|NAME",
                    help="genotype.json from fastnas search, or a published cell: "
                         + ", ".join(PUBLISHED))
+    p.add_argument("--space", choices=("darts", "nb201"), default="darts",
+                   help="darts (default: NetworkCIFAR) or nb201 (the NAS-Bench-201 network of "
+                        "the cell --genotype '|op~0|+...|', a cell file or a search folder; "
+                        "the benchmark's recipe: 200 epochs, SGD Nesterov 0.9, lr 0.1 cosine, "
+                        "weight decay 5e-4, batch 256, C=16, N=5 (--channels, --layers))")
     _add_train_options(p)
     _add_common(p)
     p.set_defaults(handler=_cmd_train)

@@ -39,9 +39,10 @@ from .enas import ENASOptimizer
 from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
+from .nb201 import NB201Cell
 from .reports import write_alpha_history
 from .reproducibility import resolve_device
-from .training import FinalTrainer, TrainConfig
+from .training import FinalTrainer, TrainConfig, parse_architecture
 
 SEARCH_DEFAULTS = {
     "digits": {"epochs": 8, "layers": 5, "channels": 8, "batch_size": 64, "seed": 2},
@@ -53,6 +54,13 @@ TRAIN_DEFAULTS = {
     "cifar10": {"epochs": 600, "layers": 20, "channels": 36, "batch_size": 96, "auxiliary": True,
                 "cutout": 16, "seed": 0},
 }
+# An NB201 cell trains with the benchmark's recipe on any dataset (NAS-Bench-201, section 2.3):
+# C=16, N=5, 200 epochs, SGD with Nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4,
+# batch 256, no clipping, no cutout.
+NB201_TRAIN_DEFAULTS = {"epochs": 200, "layers": 5, "channels": 16, "batch_size": 256,
+                        "learning_rate": 0.1, "lr_min": 0.0, "momentum": 0.9, "nesterov": True,
+                        "weight_decay": 5e-4, "grad_clip": None, "auxiliary": False,
+                        "drop_path_prob": 0.0, "cutout": 0, "seed": 0}
 EVAL_BATCH_SIZE = 256
 
 
@@ -495,7 +503,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     info = data.dataset_info(dataset)
     _set_threads(options, dataset)
     if state:
-        saved_genotype = Genotype.parse(state["genotype"])
+        saved_genotype = parse_architecture(state["genotype"])
         if genotype is not None and genotype != saved_genotype:
             raise UserError(f"the genotype differs from the one being trained in {checkpoint}; "
                             "drop --resume to start over")
@@ -506,7 +514,9 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         config["epochs"] = _total_epochs(given.get("epochs"), int(state["epoch"]),
                                          state["config"]["epochs"], checkpoint)
     else:
-        config = {**TRAIN_DEFAULTS[dataset], **given, "in_channels": info.in_channels,
+        defaults = (NB201_TRAIN_DEFAULTS if isinstance(genotype, NB201Cell)
+                    else TRAIN_DEFAULTS[dataset])
+        config = {**defaults, **given, "in_channels": info.in_channels,
                   "num_classes": info.num_classes}
     config["device"] = str(device)
     run_info = {"dataset": dataset, "limit": limit}
