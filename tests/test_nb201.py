@@ -75,6 +75,18 @@ def test_bad_strings_say_what_is_wrong(text, says):
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
+def test_derivation_takes_the_strongest_op_per_edge_none_included():
+    weights = [[0.0] * 5 for _ in range(6)]
+    for edge, op in enumerate((0, 3, 1, 4, 2, 0)):
+        weights[edge][op] = 1.0
+    weights[5][1] = 1.0  # a tie: the first op wins
+    assert NB201Cell.derive(weights).ops == ("none", "nor_conv_3x3", "skip_connect",
+                                             "avg_pool_3x3", "nor_conv_1x1", "none")
+    assert NB201Cell.derive(torch.eye(6, 5)).ops[:5] == NB201_OPS
+    with pytest.raises(ValueError, match="6 x 5"):
+        NB201Cell.derive([[1.0] * 5] * 5)
+
+
 def test_bad_values():
     with pytest.raises(ValueError, match="6 edges"):
         NB201Cell(("none",) * 5)

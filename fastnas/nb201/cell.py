@@ -120,6 +120,17 @@ class NB201Cell:
         """Every cell of the space, by index."""
         return (cls.from_index(i) for i in range(NB201_CELLS))
 
+    @classmethod
+    def derive(cls, weights: Sequence[Sequence[float]]) -> NB201Cell:
+        """The benchmark's derivation from architecture weights ``[6, 5]`` (rows in
+        ``NB201_EDGES`` order, columns in ``NB201_OPS`` order): per edge the op of the largest
+        weight, ``none`` included (ties: the first op)."""
+        rows = [list(map(float, row)) for row in weights]
+        if len(rows) != len(NB201_EDGES) or any(len(r) != len(NB201_OPS) for r in rows):
+            raise ValueError(f"NB201 weights must be {len(NB201_EDGES)} x {len(NB201_OPS)}, got "
+                             f"{len(rows)} rows of {sorted({len(r) for r in rows})}")
+        return cls(tuple(NB201_OPS[max(range(len(r)), key=r.__getitem__)] for r in rows))
+
     def edges(self) -> Iterator[Tuple[int, int, str]]:
         """``(target, source, op)`` per edge, in ``NB201_EDGES`` order."""
         return ((t, s, op) for (t, s), op in zip(NB201_EDGES, self.ops))
