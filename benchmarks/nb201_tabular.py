@@ -13,7 +13,8 @@ sample standard deviation over seeds (n - 1).
 
 Resumable: every finished run appends its curve (the best so far after each of ``POINTS``
 queries) to ``OUT/nb201_tabular.csv``; a rerun skips the runs it holds. Writes the table
-(``nb201_tabular.md``) and the plot (``nb201_tabular.png``, mean +- std per strategy) into
+(``nb201_tabular.md``) and the plot (``nb201_tabular.png``: per strategy the mean over seeds,
+shaded between the first and third quartiles, from 5 queries on) into
 ``--report`` from everything the CSV holds.
 """
 from __future__ import annotations
@@ -40,6 +41,8 @@ REPORTED = (25, 50, 100, 200, 500)
 POINTS = (1, 2, 3, 5, 7, 10, 15, 20, 25, 30, 40, 50, 70, 100, 150, 200, 300, 400, 500)
 COLUMNS = ["strategy", "dataset", "seed", "queries", "best", "seconds"]
 ORDER = ("random", "tpe", "gp", "rea", "reinforce")
+COLORS = {"random": "tab:blue", "tpe": "tab:orange", "gp": "tab:green", "rea": "tab:red",
+          "reinforce": "tab:purple"}
 # The NB201 paper (Dong and Yang, ICLR 2020, Table 5): CIFAR-10 test accuracy of the searched
 # cell, mean +- std over 500 runs, each under a budget of simulated training time.
 PAPER = {"random": "93.70 +- 0.36", "rea": "93.92 +- 0.30", "reinforce": "93.85 +- 0.37",
@@ -143,22 +146,21 @@ def plot(results, table: Table, target: str) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         for s in ORDER:
-            points = [n for n in POINTS if (s, dataset, n) in results]
+            points = [n for n in POINTS if (s, dataset, n) in results and n >= 5]
             if not points:
                 continue
             mean = [statistics.fmean(results[(s, dataset, n)]) for n in points]
-            std = [statistics.stdev(results[(s, dataset, n)])
-                   if len(results[(s, dataset, n)]) > 1 else 0.0 for n in points]
-            ax.plot(points, mean, label=s)
-            ax.fill_between(points, [m - d for m, d in zip(mean, std)],
-                            [m + d for m, d in zip(mean, std)], alpha=0.15)
+            quartiles = [statistics.quantiles(results[(s, dataset, n)], n=4) for n in points]
+            ax.plot(points, mean, label=s, color=COLORS[s])
+            ax.fill_between(points, [q[0] for q in quartiles], [q[2] for q in quartiles],
+                            color=COLORS[s], alpha=0.12)
         best = optimum(table, dataset)
         ax.axhline(best, color="k", lw=0.8, ls="--", label=f"optimum {best:.2f}")
         ax.set_xscale("log")
         ax.set_xlabel("table queries")
         ax.set_ylabel("best-so-far test accuracy (%)")
         ax.set_title(f"NB201 {DATASET_NAMES[dataset]}")
-        low = min(statistics.fmean(results[k]) for k in results if k[1] == dataset and k[2] >= 10)
+        low = min(statistics.fmean(results[k]) for k in results if k[1] == dataset and k[2] >= 5)
         ax.set_ylim(low - 1.0, best + 0.4)
         ax.legend(fontsize=8)
     fig.tight_layout()
