@@ -54,7 +54,8 @@ TRAIN_DEFAULTS = {
     "cifar10": {"epochs": 600, "layers": 20, "channels": 36, "batch_size": 96, "auxiliary": True,
                 "cutout": 16, "seed": 0},
 }
-# An NB201 cell trains with the benchmark's recipe on any dataset (xautodl's NB201 config):
+# An NB201 cell trains with the benchmark's recipe on any dataset (xautodl's
+# configs/nas-benchmark/hyper-opts/200E.config, and TinyNetwork's C and N):
 # C=16, N=5, 200 epochs, SGD with Nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4,
 # batch 256, no clipping, no cutout.
 NB201_TRAIN_DEFAULTS = {"epochs": 200, "layers": 5, "channels": 16, "batch_size": 256,
