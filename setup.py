@@ -23,10 +23,10 @@ setup(
     # it), and .ci/run installs the wheel outside the checkout to prove nothing is left out.
     packages=["fastnas", *(f"fastnas.{p}" for p in find_packages("fastnas")), "fastnas.kernels"],
     package_dir={"fastnas": "fastnas", "fastnas.kernels": "kernels"},
-    # Data files inside any package (compressed tables and their notices) ship in the wheel and
-    # the sdist; .ci/run checks that every tracked file under fastnas/ and kernels/ is in the
-    # wheel.
-    package_data={"": ["*.gz", "*.txt", "*.md", "*.json"]},
+    # Data files inside any package ship in the wheel and the sdist (.ci/run checks that every
+    # tracked file under fastnas/ and kernels/ is in the wheel): the NAS-Bench-201 table (bz2
+    # CSV) with its provenance and license.
+    package_data={"": ["*.bz2", "*.gz", "*.md", "*.txt", "*.json"]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

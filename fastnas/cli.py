@@ -34,6 +34,7 @@ from .config import STAGES, read_config_file
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
 from .interrupts import handle_termination
+from .nb201 import resolve_cell
 from .paper import convert_paper_checkpoint
 from .pipeline import (
     SEARCH_METHODS,
@@ -47,6 +48,7 @@ from .pipeline import (
 from .reports import PlotObserver, TensorBoardObserver, plot_run
 from .reproducibility import resolve_device
 from .tune import PRUNERS, SAMPLERS, SPACES, tune_stage
+from .tune.tabular import TABULAR_STRATEGIES, parse_objective, tabular_stage
 
 
 # -- argument types -------------------------------------------------------------------------------
@@ -317,7 +319,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    genotype = resolve_genotype(args.genotype) if args.genotype is not None else None
+    if args.space == "nb201":  # an NB201 cell: its benchmark string, a file or a folder
+        if args.genotype is None and not args.resume:
+            raise UserError("train --space nb201 needs --genotype '|op~0|+|op~0|op~1|+...|' "
+                            "(or a cell file, or a search or tune folder)")
+        try:
+            genotype = resolve_cell(args.genotype) if args.genotype is not None else None
+        except ValueError as e:
+            raise UserError(f"--genotype: {e}") from None
+    else:
+        genotype = resolve_genotype(args.genotype) if args.genotype is not None else None
     train_stage(_options(args), _given(args, TRAIN_KEYS), _default_output(args, "train"),
                 genotype)
     return 0
@@ -346,6 +357,11 @@ def _add_train_command(sub) -> None:
     p.add_argument("--genotype", metavar="FILE|NAME",
                    help="genotype.json from fastnas search, or a published cell: "
                         + ", ".join(PUBLISHED))
+    p.add_argument("--space", choices=("darts", "nb201"), default="darts",
+                   help="darts (default: NetworkCIFAR) or nb201 (the NAS-Bench-201 network of "
+                        "the cell --genotype '|op~0|+...|', a cell file or a search folder; "
+                        "the benchmark's recipe: 200 epochs, SGD Nesterov 0.9, lr 0.1 cosine, "
+                        "weight decay 5e-4, batch 256, C=16, N=5 (--channels, --layers))")
     _add_train_options(p)
     _add_common(p)
     _add_config_option(p)
@@ -370,6 +386,10 @@ TUNE_SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "seed")
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
+    if args.space == "nb201":
+        return _cmd_tune_table(args)
+    if args.objective is not None or args.table is not None:
+        raise UserError("--objective and --table are for --space nb201 (a table search)")
     search_given = {k: getattr(args, "search_" + k) for k in TUNE_SEARCH_KEYS
                     if getattr(args, "search_" + k) is not None}
     if args.order is not None:
@@ -407,10 +427,13 @@ def _add_tune_command(sub) -> None:
                    help="incoming edges (DARTS) or inputs (ENAS) kept per node (3)")
     g.add_argument("--top-m", dest="m", type=positive_int, metavar="M",
                    help="ops kept per edge (DARTS) or per node (ENAS), none excluded (3)")
+    _add_tune_table_options(p)
     g = p.add_argument_group("the study")
     g.add_argument("--trials", type=positive_int, metavar="N",
                    help="finished trials the study must hold (20); a rerun continues to N")
-    g.add_argument("--sampler", choices=SAMPLERS, help="tpe (default), gp or random")
+    g.add_argument("--sampler", choices=tuple(dict.fromkeys(SAMPLERS + TABULAR_STRATEGIES)),
+                   help="tpe (default), gp or random; with --space nb201 also rea (regularized "
+                        "evolution) or reinforce")
     g.add_argument("--pruner", choices=PRUNERS, help="median (default), hyperband or none")
     g.add_argument("--startup-trials", type=non_negative_int, metavar="N",
                    help="random trials before TPE/GP model, and before median pruning (5)")
@@ -438,6 +461,44 @@ def _add_tune_command(sub) -> None:
                    help="share of the train split that validates the trials (0.2)")
     _add_common(p)
     p.set_defaults(handler=_cmd_tune)
+
+
+# -- tune --space nb201: NAS-Bench-201 table search --------------------------------------------
+# The flags of a trained tune that a table search has no use for.
+NOT_FOR_TABLE = ("source_method", "search", "search_epochs", "search_layers", "search_channels",
+                 "search_batch_size", "search_seed", "order", "k", "m", "pruner", "tune_hparams",
+                 "storage", "study_name", "heartbeat", "epochs", "layers", "channels",
+                 "batch_size", "learning_rate", "weight_decay", "drop_path_prob", "val_fraction",
+                 "dataset")
+
+
+def _add_tune_table_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("NAS-Bench-201 table search (--space nb201: no training)")
+    g.add_argument("--space", choices=("darts", "nb201"), default="darts",
+                   help="darts (default: a search, then trained trials) or nb201 (queries of "
+                        "the shipped NAS-Bench-201 table)")
+    g.add_argument("--objective", metavar="table:DATASET",
+                   help="nb201: table:cifar10 (default), table:cifar100 or "
+                        "table:imagenet16_120, the test accuracy that scores each query")
+    g.add_argument("--table", metavar="FILE",
+                   help="nb201: a CSV with the shipped table's columns (arch, cifar10, "
+                        "cifar100, imagenet16_120) that replaces it")
+
+
+def _cmd_tune_table(args: argparse.Namespace) -> int:
+    given = [k for k in NOT_FOR_TABLE if getattr(args, k, None) not in (None, False)]
+    if given:
+        flags = ", ".join("--" + {"source_method": "from", "k": "top-k", "m": "top-m",
+                                  "drop_path_prob": "drop-path"}.get(k, k.replace("_", "-"))
+                          for k in given)
+        raise UserError(f"{flags}: not for --space nb201 (a table search trains nothing)")
+    dataset = parse_objective(args.objective or "table:cifar10")
+    settings = {"dataset": dataset, "strategy": args.sampler or "tpe"}
+    settings.update({k: getattr(args, k) for k in ("trials", "seed", "startup_trials")
+                     if getattr(args, k) is not None})
+    output = args.output or os.path.join("runs", f"nb201-{dataset}-tune")
+    tabular_stage(settings, output, args.table, quiet=args.quiet)
+    return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

@@ -41,9 +41,10 @@ from .enas import ENASOptimizer
 from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
+from .nb201 import NB201Cell
 from .reports import write_alpha_history
 from .reproducibility import resolve_device
-from .training import FinalTrainer, TrainConfig
+from .training import FinalTrainer, TrainConfig, parse_architecture
 
 SEARCH_DEFAULTS = {
     "digits": {"epochs": 8, "layers": 5, "channels": 8, "batch_size": 64, "seed": 2},
@@ -62,6 +63,14 @@ TRAIN_DEFAULTS = {
 TRAIN_DEFAULTS.update({"cifar100": TRAIN_DEFAULTS["cifar10"],
                        data.FOLDER: {**TRAIN_DEFAULTS["cifar10"], "cutout": 0,
                                      "auxiliary": False}})
+# An NB201 cell trains with the benchmark's recipe on any dataset (xautodl's
+# configs/nas-benchmark/hyper-opts/200E.config, and TinyNetwork's C and N):
+# C=16, N=5, 200 epochs, SGD with Nesterov momentum 0.9, lr 0.1 cosine to 0, weight decay 5e-4,
+# batch 256, no clipping, no cutout.
+NB201_TRAIN_DEFAULTS = {"epochs": 200, "layers": 5, "channels": 16, "batch_size": 256,
+                        "learning_rate": 0.1, "lr_min": 0.0, "momentum": 0.9, "nesterov": True,
+                        "weight_decay": 5e-4, "grad_clip": None, "auxiliary": False,
+                        "drop_path_prob": 0.0, "cutout": 0, "seed": 0}
 EVAL_BATCH_SIZE = 256
 
 
@@ -550,7 +559,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     _set_threads(options, dataset)
     given = {**_file_settings(options, "train", info), **given}
     if state:
-        saved_genotype = Genotype.parse(state["genotype"])
+        saved_genotype = parse_architecture(state["genotype"])
         if genotype is not None and genotype != saved_genotype:
             raise UserError(f"the genotype differs from the one being trained in {checkpoint}; "
                             "drop --resume to start over")
@@ -561,8 +570,10 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         config["epochs"] = _total_epochs(given.get("epochs"), int(state["epoch"]),
                                          state["config"]["epochs"], checkpoint)
     else:
-        config = {**TRAIN_DEFAULTS.get(dataset, TRAIN_DEFAULTS[data.FOLDER]), **given,
-                  "in_channels": info.in_channels, "num_classes": info.num_classes}
+        defaults = (NB201_TRAIN_DEFAULTS if isinstance(genotype, NB201Cell)
+                    else TRAIN_DEFAULTS.get(dataset, TRAIN_DEFAULTS[data.FOLDER]))
+        config = {**defaults, **given, "in_channels": info.in_channels,
+                  "num_classes": info.num_classes}
     config["device"] = str(device)
     run_info = {"dataset": dataset, "limit": limit, "data": source.record()}
 

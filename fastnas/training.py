@@ -32,6 +32,7 @@ from .engine import (
 )
 from .errors import UserError
 from .genotypes import Genotype
+from .nb201 import NB201Cell, NB201Network
 from .networks import NetworkCIFAR
 from .reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 
@@ -42,7 +43,8 @@ class TrainConfig(LoopConfig):
 
     ``cutout`` is the side of the square cut out of each training image (0: none); the data
     side applies it, it is kept here so that a saved model records its whole recipe.
-    ``grad_clip`` None disables clipping.
+    ``grad_clip`` None disables clipping. For an NB201 cell (``NB201Network``), ``channels`` is
+    the stem's C and ``layers`` the cells per stage N; it has no auxiliary head nor drop path.
     """
 
     epochs: int = integer(600, low=1)
@@ -50,6 +52,7 @@ class TrainConfig(LoopConfig):
     learning_rate: float = number(0.025, low=0, low_open=True)
     lr_min: float = number(0.0, low=0, high="learning_rate")
     momentum: float = number(0.9, low=0, high=1, high_open=True)
+    nesterov: bool = flag(False)
     weight_decay: float = number(3e-4, low=0)
     grad_clip: Optional[float] = number(5.0, low=0, low_open=True, optional=True)
     channels: int = integer(36, low=1)
@@ -110,6 +113,27 @@ def count_multiply_adds(model: nn.Module, input_shape: Sequence[int]) -> int:
     return total
 
 
+# -- the network of an architecture ---------------------------------------------------------------
+def build_network(architecture: Union[Genotype, NB201Cell], cfg: TrainConfig) -> nn.Module:
+    """``NetworkCIFAR`` of a DARTS genotype, or ``NB201Network`` (C = ``channels``, N =
+    ``layers``) of an NB201 cell; a ValueError for settings the network does not have."""
+    if isinstance(architecture, NB201Cell):
+        if cfg.auxiliary or cfg.drop_path_prob:
+            raise ValueError("the NB201 network has no auxiliary head and no drop path; set "
+                             "auxiliary False and drop_path_prob 0")
+        return NB201Network(architecture, cfg.channels, cfg.layers, cfg.num_classes,
+                            cfg.in_channels)
+    return NetworkCIFAR(cfg.channels, cfg.num_classes, cfg.layers, cfg.auxiliary, architecture,
+                        in_channels=cfg.in_channels)
+
+
+def parse_architecture(text: str) -> Union[Genotype, NB201Cell]:
+    """The architecture of a saved string: an NB201 cell (``|op~0|+...``) or a genotype."""
+    if isinstance(text, str) and text.lstrip().startswith("|"):
+        return NB201Cell.parse(text)
+    return Genotype.parse(text)
+
+
 # -- training -------------------------------------------------------------------------------------
 def _logits(output) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     return output if isinstance(output, tuple) else (output, None)
@@ -119,10 +143,11 @@ class FinalTrainer:
     """Train ``NetworkCIFAR(genotype)`` from scratch: ``fit``, ``evaluate``, atomic ``save`` and
     exact resumption through ``state_dict`` (weights, optimizer, epoch, history, RNG state)."""
 
-    def __init__(self, genotype: Genotype,
+    def __init__(self, genotype: Union[Genotype, NB201Cell],
                  config: Union[Mapping[str, Any], TrainConfig, None] = None):
-        if not isinstance(genotype, Genotype):
-            raise TypeError(f"genotype must be a fastnas.Genotype, got {type(genotype).__name__}")
+        if not isinstance(genotype, (Genotype, NB201Cell)):
+            raise TypeError("genotype must be a fastnas.Genotype or an NB201Cell, got "
+                            f"{type(genotype).__name__}")
         self.config = TrainConfig.from_dict(config)
         cfg = self.config
         self.genotype = genotype
@@ -131,8 +156,7 @@ class FinalTrainer:
         if cfg.sync_bn and self.device.type != "cuda":
             raise ValueError("sync_bn (SyncBatchNorm) runs on CUDA devices only, not on "
                              f"{self.device}")
-        self.model = NetworkCIFAR(cfg.channels, cfg.num_classes, cfg.layers, cfg.auxiliary,
-                                  genotype, in_channels=cfg.in_channels).to(self.device)
+        self.model = build_network(genotype, cfg).to(self.device)
         # Under torchrun: DistributedDataParallel averages the gradients (bucketed, overlapped
         # with backward); each rank then draws its own drop-path and cutout randomness.
         self.ddp: Optional[nn.Module] = None
@@ -151,7 +175,8 @@ class FinalTrainer:
                 **keep_buffers)
             seed_everything(cfg.seed + 100_003 * distributed.rank())
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.learning_rate,
-                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                                         momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                         nesterov=cfg.nesterov)
         self.guard = NonFiniteGuard(cfg.on_nonfinite, cfg.max_nonfinite_skips)
         self.global_step = 0
         self.epoch = 0  # completed epochs
@@ -331,7 +356,8 @@ class FinalTrainer:
         state = load_checkpoint(path)
         try:
             check_kind(state, "train", source=path)
-            trainer = cls(Genotype.parse(state["genotype"]), dict(state["config"], **overrides))
+            trainer = cls(parse_architecture(state["genotype"]),
+                          dict(state["config"], **overrides))
             trainer.load_state_dict(state)
         except ValueError as e:
             raise ValueError(f"{path}: {e}" if path not in str(e) else str(e)) from None
@@ -350,10 +376,9 @@ def load_model(path: str, device: str = "cpu") -> Tuple[NetworkCIFAR, Genotype, 
     if not isinstance(state, dict) or not all(k in state for k in ("model", "genotype", "config")):
         raise UserError(f"{path} is not a model written by fastnas train (model.pt)")
     try:
-        genotype = Genotype.parse(state["genotype"])
+        genotype = parse_architecture(state["genotype"])
         config = TrainConfig.from_dict(dict(state["config"], device=device))
-        model = NetworkCIFAR(config.channels, config.num_classes, config.layers, config.auxiliary,
-                             genotype, in_channels=config.in_channels)
+        model = build_network(genotype, config)
         check_tensors_fit(model, state["model"], path)
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: {e}" if path not in str(e) else str(e)) from None
@@ -372,5 +397,5 @@ def train_genotype(genotype: Genotype, train_loader: Iterable, test_loader: Iter
     return trainer, trainer.fit(train_loader, test_loader, callback=callback, on_step=on_step)
 
 
-__all__ = ["FinalTrainer", "TrainConfig", "count_multiply_adds", "count_parameters",
-           "load_model", "train_genotype"]
+__all__ = ["FinalTrainer", "TrainConfig", "build_network", "count_multiply_adds",
+           "count_parameters", "load_model", "parse_architecture", "train_genotype"]

@@ -179,6 +179,7 @@ def test_the_tree_shows_the_layers():
                            ("darts", {"architect", "config", "optimizer", "precision"}),
                            ("reports", {"alphas", "cells", "extras", "figures", "plots",
                                         "tensorboard"}),
-                           ("tune", {"config", "objective", "space", "stage", "study"})):
+                           ("tune", {"config", "objective", "space", "stage", "study", "tabular"}),
+                           ("nb201", {"cell", "network", "table"})):
         names = {n[:-3] for n in os.listdir(os.path.join(FASTNAS, package)) if n.endswith(".py")}
         assert names - {"__init__"} == parts, package
