@@ -5,7 +5,8 @@ Usage: ``python check_installed.py REPO WHEEL``. Fails (exit 1, one line per pro
 - a file that git tracks under ``fastnas/`` or ``kernels/`` (shipped as ``fastnas/kernels/``)
   is missing from the wheel: a module, a package marker or a data file;
 - a module of the installed package does not import (a module that needs an optional extra
-  that is not installed is listed, not failed).
+  that is not installed is listed, not failed);
+- the shipped package data does not load: the NAS-Bench-201 table must hold all 15,625 cells.
 """
 import importlib
 import importlib.util
@@ -57,6 +58,13 @@ def main(repo: str, wheel: str) -> int:
                 problems.append(f"{name} does not import: {e!r}")
         except Exception as e:  # noqa: BLE001 - any failure to import is the finding
             problems.append(f"{name} does not import: {e!r}")
+    try:
+        from fastnas.nb201 import Table
+        rows = len(Table.load(None))
+        if rows != 15625:
+            problems.append(f"the shipped NAS-Bench-201 table has {rows} cells, not 15625")
+    except Exception as e:  # noqa: BLE001 - the finding
+        problems.append(f"the shipped NAS-Bench-201 table does not load: {e!r}")
     print(f"installed fastnas {fastnas.__version__} at {os.path.dirname(where)}: "
           f"{len(names)} modules walked, {len(in_wheel)} files in the wheel")
     for s in skipped:
