@@ -161,8 +161,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plots and TensorBoard")
     g.add_argument("--no-plots", dest="plots", action="store_false",
-                   help="do not draw the figures into DIR/plots/ at the end (they need "
-                        "matplotlib)")
+                   help="do not draw the figures into DIR/plots/ at the end")
     g.add_argument("--tensorboard", action="store_true",
                    help="log scalars, alphas and the genotype per epoch for TensorBoard")
     g.add_argument("--log-dir", metavar="DIR", default=None,
@@ -400,7 +399,7 @@ def _add_plot_command(sub) -> None:
                        description="Write the figures of a search, train or run folder into "
                                    "its plots/ folder: cell_normal, cell_reduce (also as "
                                    "Graphviz .dot), alphas, curves and, for ENAS, controller; "
-                                   "PNG and SVG. Needs matplotlib (pip install -e \".[plot]\").")
+                                   "PNG and SVG (with matplotlib, a dependency of fastnas).")
     p.add_argument("run_dir", metavar="RUN_DIR",
                    help="a folder written by fastnas search, train or run")
     p.set_defaults(handler=_cmd_plot)
