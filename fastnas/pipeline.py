@@ -23,6 +23,7 @@ exit status.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -39,7 +40,7 @@ from .enas import ENASOptimizer
 from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
-from .reports import write_alpha_history
+from .reports import remove_figures, write_alpha_history
 from .reproducibility import resolve_device
 from .training import FinalTrainer, TrainConfig
 
@@ -107,6 +108,11 @@ class StageOptions:
     resume: bool = False
     quiet: bool = False
     observers: Sequence[StageObserver] = field(default_factory=tuple)
+    # resume is on because torchrun runs the stage, not because it was asked for
+    resume_automatic: bool = False
+    # the user asked to start anew (--no-resume): a folder holding another stage's run (another
+    # search method, or a training) is replaced instead of refused
+    replace: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,10 +222,56 @@ def _resume_state(options: StageOptions, path: str, kind: str,
     try:
         check_kind(state, kind, method, source=used)
     except ValueError as e:
+        if options.resume_automatic:
+            raise UserError(f"{e} (resuming is automatic under torchrun: --no-resume starts "
+                            "anew over it, --output DIR writes elsewhere)") from None
         raise UserError(str(e)) from None
     if "config" not in state or "run" not in state:
         raise UserError(f"{used} is not a checkpoint of the fastnas command line")
     return state
+
+
+STAGE_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "metrics.json", "genotype.json",
+               "alphas.json", "model.pt")
+
+
+def _written_by(folder: str) -> Optional[str]:
+    """Which stage wrote ``folder``, from its ``metrics.json``: ``"darts search"``, ``"enas
+    search"``, ``"training"``, or None (no such file, or not a stage's)."""
+    try:
+        with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    if "method" in metrics and "history" in metrics:
+        return f"{metrics['method']} search"
+    if "test_accuracy" in metrics:
+        return "training"
+    return None
+
+
+def _claim_output(options: StageOptions, folder: str, stage: str) -> None:
+    """Before a stage starts anew in ``folder``: refuse a folder that another stage (another
+    search method, or a training) wrote, unless the user asked to start anew (``replace``), in
+    which case that stage's files and figures go, so none of them is left to mislead."""
+    found = _written_by(folder)
+    if found is None or found == stage:
+        return
+    if not options.replace:
+        raise UserError(f"{folder} holds {_a(found)} (see its metrics.json), which {_a(stage)} "
+                        "would overwrite: give another --output, or --no-resume to replace it")
+    log(f"replacing the {found} in {folder} (--no-resume)")
+    for name in STAGE_FILES:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.remove(path)
+    remove_figures(os.path.join(folder, "plots"))
+
+
+def _a(what: str) -> str:
+    return ("an " if what[0] in "aeiou" else "a ") + what
 
 
 def _restore(owner: Any, state: dict, path: str) -> None:
@@ -352,6 +404,8 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "search", method.name))
+    if state is None:
+        _on_main(lambda: _claim_output(options, output, f"{method.name} search"))
     dataset, limit = _data_source(options, state, checkpoint)
     info = data.dataset_info(dataset)
     _set_threads(options, dataset)
@@ -488,6 +542,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "train"))
+    if state is None:
+        _on_main(lambda: _claim_output(options, output, "training"))
     if state is None and genotype is None:
         raise UserError("train needs --genotype FILE|NAME: a genotype.json written by "
                         f"fastnas search, or a published cell ({', '.join(PUBLISHED)})")
