@@ -123,7 +123,7 @@ class SearchMethod:
     name: str
     optimizer: Callable[[Mapping[str, Any]], Any]
     config_keys: Mapping[str, str]
-    scored: str
+    scored: str   # what the final validation accuracy measures, in which mode
 
     def config_given(self, given: Mapping[str, Any]) -> Dict[str, Any]:
         for key in given:
@@ -143,9 +143,10 @@ SEARCH_METHODS: Dict[str, SearchMethod] = {
     "darts": SearchMethod("darts", DARTSOptimizer,
                           {**_COMMON_KEYS, "layers": "layers", "order": "order",
                            "compile": "compile"},
-                          scored="supernet"),
+                          scored="supernet in eval mode: BatchNorm running statistics"),
     "enas": SearchMethod("enas", ENASOptimizer, {**_COMMON_KEYS, "layers": "num_layers"},
-                         scored="derived child with the shared weights"),
+                         scored="derived child with the shared weights, BatchNorm on batch "
+                                "statistics"),
 }
 
 
@@ -479,16 +480,13 @@ def search_stage(options: StageOptions, method: str, given: Dict[str, Any],
                                                       cfg.to_dict(), opt.history)], saved)
             for observer in _observers(options):
                 observer.epoch(run, record)
-            val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""
-            progress.epoch(record["epoch"],
-                           f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
-                           f"  val {val_loss}acc {record['val_acc']:.3f}"
-                           f"  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+            progress.epoch(record["epoch"], opt.epoch_summary(record))
 
         try:
             arch = optimizer.search(train_loader, val_loader, epochs=total, callback=on_epoch,
                                     on_step=lambda opt, s: progress.step(s["train_loss"],
-                                                                         s["train_acc"]))
+                                                                         s["train_acc"]),
+                                    progress=False)
         except KeyboardInterrupt as e:
             raise _interrupted("search", optimizer.epoch, total, checkpoint, saved.value,
                                e) from None
@@ -606,21 +604,19 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
                                                     paths["metrics.json"])], saved)
             for observer in _observers(options):
                 observer.epoch(run, record)
-            progress.epoch(record["epoch"],
-                           f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
-                           f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.3f}"
-                           f"  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+            progress.epoch(record["epoch"], t.epoch_summary(record))
 
         try:
             result = trainer.fit(train_loader, test_loader, callback=on_epoch,
-                                 on_step=lambda t, s: progress.step(s["loss"], s["acc"]))
+                                 on_step=lambda t, s: progress.step(s["loss"], s["acc"]),
+                                 progress=False)
         except KeyboardInterrupt as e:
             raise _interrupted("training", trainer.epoch, cfg.epochs, checkpoint,
                                saved.value, e) from None
         except NonFiniteError as e:
             raise _stopped(e, "training", checkpoint, trainer.epoch, saved.value) from None
 
-    result = {"dataset": dataset, **result}
+    result = {"dataset": dataset, **result, **_recalibrated(trainer, train_loader, test_loader)}
     _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
                                              test_accuracy=result["test_accuracy"]),
                   lambda: write_json_atomic(result, paths["metrics.json"])])
@@ -629,13 +625,31 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     print_block(f"training finished: {dataset}, {epochs(trainer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
                 [("genotype", str(genotype)),
-                 ("test accuracy", f"{result['test_accuracy']:.4f} (best "
-                                   f"{result['best_test_accuracy']:.4f} at epoch "
-                                   f"{result['best_epoch'] + 1})"),
+                 ("test accuracy", [
+                     f"{result['test_accuracy']:.4f} (eval mode, of model.pt: BatchNorm "
+                     "statistics recomputed over the train split)",
+                     f"{result['test_accuracy_running_statistics']:.4f} with training's running "
+                     f"statistics (best {result['best_test_accuracy']:.4f} at epoch "
+                     f"{result['best_epoch'] + 1})"]),
                  ("parameters", f"{result['params'] / 1e6:.3f} M (without the auxiliary head)"),
                  ("multiply-adds", f"{result['multiply_adds'] / 1e6:.2f} M per image"),
                  ("files", list(paths.values()))])
     return genotype, result
+
+
+def _recalibrated(trainer: FinalTrainer, train_loader, test_loader) -> Dict[str, Any]:
+    """The trained network's BatchNorm statistics recomputed over the train split (see
+    ``FinalTrainer.recalibrate_batch_norm``; its data order that of the epoch after the last,
+    so a resumed run recomputes the same), and its test loss and accuracy with them: what
+    ``model.pt`` holds and scores. The last epoch's, with training's running statistics, stay
+    as ``test_accuracy_running_statistics``."""
+    data.set_epoch([train_loader], trainer.epoch)
+    trainer.recalibrate_batch_norm(train_loader)
+    final = trainer.evaluate(test_loader)
+    last = trainer.history[-1]
+    return {"test_accuracy": final["accuracy"], "test_loss": final["loss"],
+            "test_accuracy_running_statistics": last["test_acc"],
+            "test_loss_running_statistics": last["test_loss"]}
 
 
 # -- both -----------------------------------------------------------------------------------------
