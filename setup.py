@@ -33,9 +33,12 @@ setup(
         "numpy",
         "scikit-learn>=1.0",  # its bundled 8x8 digits are the embedded default dataset
         "tqdm>=4.60",  # progress bars on epochs and batches
+        # fastnas plot, and the figures every stage writes at its end (the quick start shows
+        # them); small next to torch.
+        "matplotlib>=3.5",
     ],
     extras_require={
-        "plot": ["matplotlib>=3.5"],  # fastnas plot, and the figures at the end of each stage
+        "plot": [],  # matplotlib became a dependency; the extra stays for old instructions
         "tensorboard": ["tensorboard>=2.10"],  # --tensorboard
         # fastnas tune: Bayesian optimization over the pruned cell space (Optuna's GP sampler
         # uses torch and scipy).
@@ -45,7 +48,7 @@ setup(
         # (on 2 cores the suite takes about 0.6x the serial time).
         # build: the sdist and the wheel that .ci/run installs outside the checkout.
         "dev": ["build>=1", "pytest>=7", "pytest-xdist>=3", "pytest-benchmark>=4", "pytest-cov>=4",
-                "ruff>=0.5", "import-linter>=2.1", "matplotlib>=3.5", "tensorboard>=2.10",
+                "ruff>=0.5", "import-linter>=2.1", "tensorboard>=2.10",
                 "optuna>=4.9", "scipy", "tomli; python_version < '3.11'"],
     },
     entry_points={"console_scripts": ["fastnas=fastnas.cli:main"]},

@@ -2,8 +2,8 @@
 
     fastnas run --dataset digits                  # the whole pipeline, minutes on a laptop CPU
     fastnas search --method darts --dataset cifar10 --data-dir data
-    fastnas train --genotype runs/cifar10-search/genotype.json --dataset cifar10
-    fastnas plot runs/digits-run                  # cells, alphas and curves into plots/
+    fastnas train --genotype runs/cifar10-darts-search/genotype.json --dataset cifar10
+    fastnas plot runs/digits-darts-run            # cells, alphas and curves into plots/
     fastnas profile --batch-size 8 --compare      # time and peak memory of a search step
     fastnas convert-paper weights.pt model.pt --genotype DARTS_V2
 
@@ -142,7 +142,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="PyTorch CPU threads (default: 1 for digits, PyTorch's own for cifar10; "
                         f"at most {MAX_THREADS} here)")
     g.add_argument("--output", type=_folder, default=None, metavar="DIR",
-                   help="output folder (default: runs/<dataset>-<command>)")
+                   help="output folder (default: runs/<dataset>-<command>; search and run: "
+                        "runs/<dataset>-<method>-<command>)")
     g.add_argument("--on-nonfinite", choices=("stop", "skip"), default=None,
                    help="a NaN/Inf loss, gradient or weight: stop the stage (default, exit 3) or "
                         "skip that step's update")
@@ -153,7 +154,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "(`--resume` = `--resume auto`; the default under torchrun, so that "
                         "restarted workers resume by themselves)")
     g.add_argument("--no-resume", dest="resume", action="store_const", const="no",
-                   help="start anew even under torchrun (an existing checkpoint is overwritten)")
+                   help="start anew even under torchrun, replacing what --output holds (also "
+                        "another method's search, which is otherwise refused)")
     d = p.add_argument_group("distributed (under torchrun)")
     d.add_argument("--dist-backend", choices=distributed.BACKENDS, default=None,
                    help="collective backend (default: nccl on CUDA, gloo on the CPU)")
@@ -178,8 +180,7 @@ def _add_folder_options(g) -> None:
 def _add_report_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("plots and TensorBoard")
     g.add_argument("--no-plots", dest="plots", action="store_false",
-                   help="do not draw the figures into DIR/plots/ at the end (they need "
-                        "matplotlib)")
+                   help="do not draw the figures into DIR/plots/ at the end")
     g.add_argument("--tensorboard", action="store_true",
                    help="log scalars, alphas and the genotype per epoch for TensorBoard")
     g.add_argument("--log-dir", metavar="DIR", default=None,
@@ -293,7 +294,7 @@ def _observers(args: argparse.Namespace) -> list:
 
 
 def _options(args: argparse.Namespace) -> StageOptions:
-    resume = args.resume == "auto" or (args.resume is None and distributed.active())
+    automatic = args.resume is None and distributed.active()
     config = {}
     if getattr(args, "config", None) is not None:
         try:
@@ -302,14 +303,19 @@ def _options(args: argparse.Namespace) -> StageOptions:
         except ValueError as e:
             raise UserError(str(e)) from None
     return StageOptions(args.dataset, args.data_dir, args.download, args.limit, args.device,
-                        args.workers, args.threads, resume, args.quiet,
-                        observers=_observers(args), config=config,
+                        args.workers, args.threads, args.resume == "auto" or automatic,
+                        args.quiet, observers=_observers(args), resume_automatic=automatic,
+                        replace=args.resume == "no", config=config,
                         image_size=args.image_size, test_fraction=args.test_fraction)
 
 
 # -- commands -------------------------------------------------------------------------------------
 def _default_output(args: argparse.Namespace, command: str) -> str:
-    return args.output or os.path.join("runs", f"{args.dataset or 'digits'}-{command}")
+    """``runs/<dataset>-<command>``; a search, or a run, also names its method
+    (``runs/digits-darts-search``), so that one method's run never lands in another's folder."""
+    method = getattr(args, "method", None) if command in ("search", "run") else None
+    name = "-".join(part for part in (args.dataset or "digits", method, command) if part)
+    return args.output or os.path.join("runs", name)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -513,7 +519,7 @@ def _add_plot_command(sub) -> None:
                        description="Write the figures of a search, train or run folder into "
                                    "its plots/ folder: cell_normal, cell_reduce (also as "
                                    "Graphviz .dot), alphas, curves and, for ENAS, controller; "
-                                   "PNG and SVG. Needs matplotlib (pip install -e \".[plot]\").")
+                                   "PNG and SVG (with matplotlib, a dependency of fastnas).")
     p.add_argument("run_dir", metavar="RUN_DIR",
                    help="a folder written by fastnas search, train or run")
     p.set_defaults(handler=_cmd_plot)

@@ -14,13 +14,15 @@ The learning-rate schedule of all three is the per-epoch cosine of the DARTS pap
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 
 from . import distributed
+from .console import Progress
 from .errors import NonFiniteError
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
@@ -281,6 +283,45 @@ def run_epochs(owner: Any, run_epoch: Callable[[int], Dict[str, Any]],
             break
 
 
+EpochCallback = Callable[[Any, dict], Optional[bool]]
+StepCallback = Callable[[Any, dict], None]
+
+
+@contextlib.contextmanager
+def console_progress(owner: Any, stage: str, show: Union[bool, str], loader: Iterable,
+                     callback: Optional[EpochCallback], on_step: Optional[StepCallback],
+                     step_keys: Tuple[str, str] = ("train_loss", "train_acc"),
+                     ) -> Iterator[Tuple[Optional[EpochCallback], Optional[StepCallback]]]:
+    """``(callback, on_step)`` for :func:`run_epochs` that also show ``owner``'s progress as
+    the command line does (``fastnas.console.Progress``, ``owner.epoch_summary(record)``):
+    ``show`` True: bars on a terminal, else one line per epoch; ``"lines"``: one line per epoch
+    (``--quiet``); False: nothing, the given ones unchanged. A step's running loss and accuracy
+    are its stats' ``step_keys``."""
+    if show not in (True, False, "lines"):
+        raise ValueError(f"progress must be True, False or 'lines', got {show!r}")
+    if show is False:
+        yield callback, on_step
+        return
+    try:
+        steps: Optional[int] = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        steps = None
+    with Progress(stage, owner.total_epochs, owner.epoch, steps,
+                  bars=False if show == "lines" else None) as progress:
+        def shown_epoch(o: Any, record: dict) -> Optional[bool]:
+            progress.epoch(record["epoch"], o.epoch_summary(record))
+            return callback(o, record) if callback is not None else None
+
+        def shown_step(o: Any, stats: dict) -> None:
+            if not stats.get("skipped"):
+                progress.step(stats[step_keys[0]], stats[step_keys[1]])
+            if on_step is not None:
+                on_step(o, stats)
+
+        yield shown_epoch, shown_step
+
+
 __all__ = ["Batch", "BatchStream", "NONFINITE_POLICIES", "NonFiniteGuard", "RunningMean",
-           "accuracy", "check_batch", "check_epochs", "grad_norm", "max_abs", "cosine_lr", "paired",
+           "accuracy", "check_batch", "check_epochs", "console_progress", "grad_norm", "max_abs",
+           "cosine_lr", "paired",
            "run_epochs", "to_device"]

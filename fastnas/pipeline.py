@@ -42,7 +42,7 @@ from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
 from .nb201 import NB201Cell
-from .reports import write_alpha_history
+from .reports import remove_figures, write_alpha_history
 from .reproducibility import resolve_device
 from .training import FinalTrainer, TrainConfig, parse_architecture
 
@@ -130,6 +130,11 @@ class StageOptions:
     config: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     image_size: Optional[int] = None       # --dataset folder: scale and crop to this side
     test_fraction: Optional[float] = None  # --dataset folder: split one folder into train/test
+    # resume is on because torchrun runs the stage, not because it was asked for
+    resume_automatic: bool = False
+    # the user asked to start anew (--no-resume): a folder holding another stage's run (another
+    # search method, or a training) is replaced instead of refused
+    replace: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,7 @@ class SearchMethod:
     name: str
     optimizer: Callable[[Mapping[str, Any]], Any]
     config_keys: Mapping[str, str]
-    scored: str
+    scored: str   # what the final validation accuracy measures, in which mode
 
     def config_given(self, given: Mapping[str, Any]) -> Dict[str, Any]:
         for key in given:
@@ -163,11 +168,12 @@ SEARCH_METHODS: Dict[str, SearchMethod] = {
                            "compile": "compile", "learning_rate": "learning_rate_w",
                            "arch_learning_rate": "learning_rate_alpha",
                            "arch_weight_decay": "arch_weight_decay"},
-                          scored="supernet"),
+                          scored="supernet in eval mode: BatchNorm running statistics"),
     "enas": SearchMethod("enas", ENASOptimizer,
                          {**_COMMON_KEYS, "layers": "num_layers", "learning_rate": "shared_lr",
                           "arch_learning_rate": "controller_lr"},
-                         scored="derived child with the shared weights"),
+                         scored="derived child with the shared weights, BatchNorm on batch "
+                                "statistics"),
 }
 DEFAULT_METHOD = "darts"
 
@@ -245,10 +251,56 @@ def _resume_state(options: StageOptions, path: str, kind: str,
     try:
         check_kind(state, kind, method, source=used)
     except ValueError as e:
+        if options.resume_automatic:
+            raise UserError(f"{e} (resuming is automatic under torchrun: --no-resume starts "
+                            "anew over it, --output DIR writes elsewhere)") from None
         raise UserError(str(e)) from None
     if "config" not in state or "run" not in state:
         raise UserError(f"{used} is not a checkpoint of the fastnas command line")
     return state
+
+
+STAGE_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "metrics.json", "genotype.json",
+               "alphas.json", "config.json", "model.pt")
+
+
+def _written_by(folder: str) -> Optional[str]:
+    """Which stage wrote ``folder``, from its ``metrics.json``: ``"darts search"``, ``"enas
+    search"``, ``"training"``, or None (no such file, or not a stage's)."""
+    try:
+        with open(os.path.join(folder, "metrics.json"), encoding="utf-8") as f:
+            metrics = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    if "method" in metrics and "history" in metrics:
+        return f"{metrics['method']} search"
+    if "test_accuracy" in metrics:
+        return "training"
+    return None
+
+
+def _claim_output(options: StageOptions, folder: str, stage: str) -> None:
+    """Before a stage starts anew in ``folder``: refuse a folder that another stage (another
+    search method, or a training) wrote, unless the user asked to start anew (``replace``), in
+    which case that stage's files and figures go, so none of them is left to mislead."""
+    found = _written_by(folder)
+    if found is None or found == stage:
+        return
+    if not options.replace:
+        raise UserError(f"{folder} holds {_a(found)} (see its metrics.json), which {_a(stage)} "
+                        "would overwrite: give another --output, or --no-resume to replace it")
+    log(f"replacing the {found} in {folder} (--no-resume)")
+    for name in STAGE_FILES:
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.remove(path)
+    remove_figures(os.path.join(folder, "plots"))
+
+
+def _a(what: str) -> str:
+    return ("an " if what[0] in "aeiou" else "a ") + what
 
 
 def _restore(owner: Any, state: dict, path: str) -> None:
@@ -412,6 +464,8 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "search", method.name))
+    if state is None:
+        _on_main(lambda: _claim_output(options, output, f"{method.name} search"))
     source = _data_source(options, state, checkpoint)
     dataset, limit, info = source.name, source.limit, source.info
     _set_threads(options, dataset)
@@ -488,16 +542,13 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
                                                       cfg.to_dict(), opt.history)], saved)
             for observer in _observers(options):
                 observer.epoch(run, record)
-            val_loss = f"loss {record['val_loss']:.3f} " if "val_loss" in record else ""
-            progress.epoch(record["epoch"],
-                           f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
-                           f"  val {val_loss}acc {record['val_acc']:.3f}"
-                           f"  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+            progress.epoch(record["epoch"], opt.epoch_summary(record))
 
         try:
             arch = optimizer.search(train_loader, val_loader, epochs=total, callback=on_epoch,
                                     on_step=lambda opt, s: progress.step(s["train_loss"],
-                                                                         s["train_acc"]))
+                                                                         s["train_acc"]),
+                                    progress=False)
         except KeyboardInterrupt as e:
             raise _interrupted("search", optimizer.epoch, total, checkpoint, saved.value,
                                e) from None
@@ -551,6 +602,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "train"))
+    if state is None:
+        _on_main(lambda: _claim_output(options, output, "training"))
     if state is None and genotype is None:
         raise UserError("train needs --genotype FILE|NAME: a genotype.json written by "
                         f"fastnas search, or a published cell ({', '.join(PUBLISHED)})")
@@ -615,21 +668,19 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
                                                     paths["metrics.json"])], saved)
             for observer in _observers(options):
                 observer.epoch(run, record)
-            progress.epoch(record["epoch"],
-                           f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}"
-                           f"  test loss {record['test_loss']:.3f} acc {record['test_acc']:.3f}"
-                           f"  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+            progress.epoch(record["epoch"], t.epoch_summary(record))
 
         try:
             result = trainer.fit(train_loader, test_loader, callback=on_epoch,
-                                 on_step=lambda t, s: progress.step(s["loss"], s["acc"]))
+                                 on_step=lambda t, s: progress.step(s["loss"], s["acc"]),
+                                 progress=False)
         except KeyboardInterrupt as e:
             raise _interrupted("training", trainer.epoch, cfg.epochs, checkpoint,
                                saved.value, e) from None
         except NonFiniteError as e:
             raise _stopped(e, "training", checkpoint, trainer.epoch, saved.value) from None
 
-    result = {"dataset": dataset, **result}
+    result = {"dataset": dataset, **result, **_recalibrated(trainer, train_loader, test_loader)}
     _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
                                              test_accuracy=result["test_accuracy"],
                                              data=run_info["data"]),
@@ -639,13 +690,31 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     print_block(f"training finished: {dataset}, {epochs(trainer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
                 [("genotype", str(genotype)),
-                 ("test accuracy", f"{result['test_accuracy']:.4f} (best "
-                                   f"{result['best_test_accuracy']:.4f} at epoch "
-                                   f"{result['best_epoch'] + 1})"),
+                 ("test accuracy", [
+                     f"{result['test_accuracy']:.4f} (eval mode, of model.pt: BatchNorm "
+                     "statistics recomputed over the train split)",
+                     f"{result['test_accuracy_running_statistics']:.4f} with training's running "
+                     f"statistics (best {result['best_test_accuracy']:.4f} at epoch "
+                     f"{result['best_epoch'] + 1})"]),
                  ("parameters", f"{result['params'] / 1e6:.3f} M (without the auxiliary head)"),
                  ("multiply-adds", f"{result['multiply_adds'] / 1e6:.2f} M per image"),
                  ("files", list(paths.values()))])
     return genotype, result
+
+
+def _recalibrated(trainer: FinalTrainer, train_loader, test_loader) -> Dict[str, Any]:
+    """The trained network's BatchNorm statistics recomputed over the train split (see
+    ``FinalTrainer.recalibrate_batch_norm``; its data order that of the epoch after the last,
+    so a resumed run recomputes the same), and its test loss and accuracy with them: what
+    ``model.pt`` holds and scores. The last epoch's, with training's running statistics, stay
+    as ``test_accuracy_running_statistics``."""
+    data.set_epoch([train_loader], trainer.epoch)
+    trainer.recalibrate_batch_norm(train_loader)
+    final = trainer.evaluate(test_loader)
+    last = trainer.history[-1]
+    return {"test_accuracy": final["accuracy"], "test_loss": final["loss"],
+            "test_accuracy_running_statistics": last["test_acc"],
+            "test_loss_running_statistics": last["test_loss"]}
 
 
 # -- both -----------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from fastnas import checkpoint, cli, genotypes, pipeline
 from fastnas.cli import main
 from fastnas.console import Progress
 from fastnas.darts import DARTSOptimizer
+from fastnas.errors import UserError
 from fastnas.genotypes import Genotype
 from fastnas.training import FinalTrainer, load_model
 
@@ -458,3 +459,63 @@ def test_enas_search_then_train_from_the_command_line(tmp_path, capsys):
     assert main(["train", "--genotype", str(out / "genotype.json"), "--epochs", "1",
                  *SMALL_TRAIN, "--output", str(tmp_path / "train")]) == 0
     assert _read_json(tmp_path / "train" / "metrics.json")["test_accuracy"] >= 0.0
+
+
+# -- one folder per search method -----------------------------------------------------------------
+def test_each_search_method_and_run_has_its_own_default_folder():
+    parser = cli.build_parser()
+    for argv, folder in ((["search"], "digits-darts-search"),
+                         (["search", "--method", "enas"], "digits-enas-search"),
+                         (["search", "--method", "enas", "--dataset", "cifar10"],
+                          "cifar10-enas-search"),
+                         (["run"], "digits-darts-run"), (["run", "--method", "enas"],
+                                                         "digits-enas-run"),
+                         (["train"], "digits-train"), (["tune"], "digits-tune")):
+        args = parser.parse_args(argv)
+        assert cli._default_output(args, args.command) == os.path.join("runs", folder), argv
+    args = parser.parse_args(["search", "--output", "mine"])
+    assert cli._default_output(args, "search") == "mine"
+
+
+def test_a_search_refuses_another_methods_folder_unless_asked(tmp_path, capsys):
+    out = tmp_path / "enas"
+    small = [a for a in SMALL_SEARCH if a != "--no-plots"]
+    assert main(["search", "--method", "enas", "--epochs", "1", *small,
+                 "--output", str(out)]) == 0
+    assert os.path.exists(out / "plots" / "controller.png")
+    before = {name: os.path.getmtime(out / name) for name in os.listdir(out)}
+    capsys.readouterr()
+    # a training or the other method: one line, exit 2, nothing touched
+    assert main(["search", "--epochs", "1", *small, "--output", str(out)]) == 2
+    assert _error_line(capsys) == (
+        f"fastnas: error: {out} holds an enas search (see its metrics.json), which a darts "
+        "search would overwrite: give another --output, or --no-resume to replace it")
+    assert main(["train", "--genotype", "DARTS_V2", *SMALL_TRAIN, "--output", str(out)]) == 2
+    assert "holds an enas search" in _error_line(capsys)
+    assert {name: os.path.getmtime(out / name) for name in os.listdir(out)} == before
+    # asked: the enas files go, none of its figures is left behind
+    assert main(["search", "--epochs", "1", *small, "--no-resume", "--output", str(out)]) == 0
+    assert f"replacing the enas search in {out} (--no-resume)" in capsys.readouterr().err
+    assert _read_json(out / "metrics.json")["method"] == "darts"
+    assert checkpoint.load_checkpoint(str(out / "checkpoint.pt"))["fastnas_checkpoint"][
+        "method"] == "darts"
+    figures = sorted(os.listdir(out / "plots"))
+    assert not [f for f in figures if f.startswith("controller")] and "curves.png" in figures
+    # fastnas plot also drops a figure its stage does not draw
+    (out / "plots" / "controller.png").write_bytes(b"stale")
+    assert main(["plot", str(out)]) == 0
+    assert sorted(os.listdir(out / "plots")) == figures
+    # the same method starts anew over its own folder, as before
+    assert main(["search", "--epochs", "1", *SMALL_SEARCH, "--output", str(out)]) == 0
+
+
+def test_an_automatic_resume_of_the_wrong_kind_says_it_was_automatic(tmp_path):
+    out = tmp_path / "darts"
+    assert main(["search", "--epochs", "1", *SMALL_SEARCH, "--output", str(out)]) == 0
+    options = pipeline.StageOptions(limit=96, resume=True, resume_automatic=True, quiet=True)
+    with pytest.raises(UserError) as caught:
+        pipeline.search_stage(options, "enas", {"epochs": 1}, str(out))
+    assert str(caught.value) == (
+        f"{out}/checkpoint.pt is a darts search, not an enas search: resume it with --method "
+        "darts (resuming is automatic under torchrun: --no-resume starts anew over it, --output "
+        "DIR writes elsewhere)")

@@ -232,6 +232,25 @@ def test_torchrun_search_writes_one_set_of_files(two_rank_search):
     assert done.stdout.count("search finished") == 1   # rank 0 prints
 
 
+def test_an_automatic_resume_of_another_method_is_one_line_per_rank_and_exit_2(two_rank_search):
+    """Under torchrun resuming is on by itself: an ENAS search pointed at a DARTS folder stops
+    every worker with exit 2 and a line that says so and how to avoid it; the traceback left is
+    torchrun's own summary of its workers' exit codes, no frame of fastnas."""
+    out, _ = two_rank_search
+    before = os.path.getmtime(out / "checkpoint.pt")
+    done = torchrun([*SEARCH, "--method", "enas"], out)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        assert (f"fastnas (rank {rank}): error: {out}/checkpoint.pt is a darts search, not an "
+                "enas search: resume it with --method darts (resuming is automatic under "
+                "torchrun: --no-resume starts anew over it, --output DIR writes elsewhere)"
+                ) in done.stderr
+    assert done.stderr.count("exitcode  : 2") == 2, done.stderr[-3000:]
+    frames = [line for line in done.stderr.splitlines() if line.strip().startswith("File ")]
+    assert not [f for f in frames if "fastnas" in f], frames
+    assert os.path.getmtime(out / "checkpoint.pt") == before
+
+
 def test_elastic_restart_resumes_by_itself(two_rank_search, tmp_path):
     """Rank 1 is killed with SIGKILL in epoch 2; torchrun restarts both workers, which resume
     from the last checkpoint (``--resume auto`` under torchrun) and end bitwise where the

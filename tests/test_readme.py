@@ -38,3 +38,26 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
         kernels.set_backend(None)
     out = capsys.readouterr().out
     assert "Genotype(normal=" in out
+
+
+def _install_requires():
+    """The requirement names of setup.py's ``install_requires`` (read with ast, not run)."""
+    import ast
+
+    with open(os.path.join(REPO, "setup.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.keyword) and node.arg == "install_requires":
+            return {re.split(r"[<>=!~;\[ ]", ast.literal_eval(e))[0].lower()
+                    for e in node.value.elts}
+    raise AssertionError("setup.py has no install_requires")
+
+
+def test_the_quick_start_install_brings_what_its_figures_need():
+    """The quick start promises figures in each stage's plots/ from `pip install -e .` alone:
+    what draws them must be a dependency, not an extra the quick start never names."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        quick_start = f.read().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "pip install -e . && fastnas run" in quick_start
+    assert "plots/" in quick_start
+    assert "matplotlib" in _install_requires()

@@ -225,3 +225,77 @@ def test_unreadable_checkpoints_are_user_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=f"checkpoint {bad} is unreadable"):
         load_checkpoint(str(bad))
+
+
+# -- BatchNorm statistics after training ----------------------------------------------------------
+def _batch_norm_inputs_reference(model, loader):
+    """Per BatchNorm, the mean over ``loader``'s batches of its input's per-batch channel mean
+    and unbiased variance, in float64, from a copy of ``model`` in train mode without drop
+    path (forward pre-hooks; the copy's own statistics are never read)."""
+    import copy
+
+    model = copy.deepcopy(model).train()
+    model.drop_path_prob = 0.0
+    layers = {name: m for name, m in model.named_modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    sums = {name: [0.0, 0.0] for name in layers}
+    hooks = []
+    for name, m in layers.items():
+        def hook(module, inputs, name=name):
+            x = inputs[0].detach().double().transpose(0, 1).flatten(1)   # [C, N*H*W]
+            sums[name][0] = sums[name][0] + x.mean(1)
+            sums[name][1] = sums[name][1] + x.var(1, unbiased=True)
+        hooks.append(m.register_forward_pre_hook(hook))
+    batches = 0
+    with torch.no_grad():
+        for x, _ in loader:
+            model(x)
+            batches += 1
+    for h in hooks:
+        h.remove()
+    return {name: (s[0] / batches, s[1] / batches) for name, s in sums.items()}, batches
+
+
+def test_recalibrated_batch_norm_statistics_are_the_train_batches_means():
+    train, test = _loaders(n=128)
+    trainer, _ = train_genotype(genotypes.DARTS_V2, train, test, dict(TINY, epochs=1))
+    train.set_epoch(1)   # the same batches for both passes
+    reference, batches = _batch_norm_inputs_reference(trainer.model, train)
+    momenta = {name: m.momentum for name, m in trainer.model.named_modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    trainer.model.drop_path_prob = 0.1
+    train.set_epoch(1)
+    assert trainer.recalibrate_batch_norm(train) == batches == 4
+    for name, m in trainer.model.named_modules():
+        if name in reference:
+            mean, var = reference[name]
+            torch.testing.assert_close(m.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(m.running_var.double(), var, rtol=1e-5, atol=1e-6)
+            assert m.momentum == momenta[name]
+    assert trainer.model.drop_path_prob == 0.1 and trainer.model.training
+
+
+def test_after_one_short_epoch_eval_mode_scores_the_weights_not_stale_statistics(tmp_path,
+                                                                                 capsys):
+    """One digits epoch (11 steps): the running statistics still weigh their start by 0.31 and
+    eval mode scored 0.19 where training's own batches scored 0.26; recomputed statistics
+    make model.pt score what its weights do (0.53), and both numbers say what they are."""
+    from fastnas.cli import main
+
+    out = tmp_path / "train"
+    assert main(["train", "--genotype", "DARTS_V2", "--epochs", "1", "--layers", "3",
+                 "--channels", "8", "--quiet", "--no-plots", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    with open(out / "metrics.json", encoding="utf-8") as f:
+        metrics = json.load(f)
+    assert metrics["test_accuracy_running_statistics"] == metrics["history"][-1]["test_acc"]
+    assert metrics["test_accuracy"] >= metrics["test_accuracy_running_statistics"] + 0.2
+    model, _, _ = load_model(str(out / "model.pt"))
+    test = data.make_loader(data.load_split("digits", "test"), 256, shuffle=False, device=CPU)
+    with torch.no_grad():
+        correct = sum((model(x)[0].argmax(1) == y).sum().item() for x, y in test)
+    assert correct / 360 == pytest.approx(metrics["test_accuracy"])
+    assert "(train mode, epoch mean)" in captured.err
+    assert "(eval mode, running BN statistics)" in captured.err
+    assert (f"test accuracy  {metrics['test_accuracy']:.4f} (eval mode, of model.pt: BatchNorm "
+            "statistics recomputed over the train split)") in captured.out

@@ -358,7 +358,15 @@ def test_tune_writes_its_files_starts_from_darts_and_stays_in_the_pruned_space(
     assert metrics["test"]["val_accuracy"] == pytest.approx(float(best["value"]))
     assert 0 <= metrics["test"]["test_accuracy"] <= 1
     assert metrics["trials"]["ran_here"] == [0, 1, 2]
-    assert "test accuracy" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "test accuracy" in captured.out
+    # the best trial's training again is logged, epoch by epoch, and its outcome
+    assert f"tune: training the best trial's cell (trial {best['number']}," in captured.err
+    assert "train epoch 1/" in captured.err and "(eval mode, running BN statistics)" in \
+        captured.err
+    assert (f"tune: the best trial's cell, trained again: validation accuracy "
+            f"{metrics['test']['val_accuracy']:.4f}, test accuracy "
+            f"{metrics['test']['test_accuracy']:.4f} (eval mode)") in captured.err
 
     # the same command again: the study is complete, nothing runs
     assert main(command) == 0

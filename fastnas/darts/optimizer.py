@@ -25,6 +25,7 @@ from ..engine import (
     accuracy,
     check_batch,
     check_epochs,
+    console_progress,
     cosine_lr,
     grad_norm,
     paired,
@@ -185,17 +186,34 @@ class DARTSOptimizer(Resumable):
     # -- the search loop ----------------------------------------------------------------------
     def search(self, train_loader: Iterable, val_loader: Iterable, epochs: Optional[int] = None,
                callback: Optional[Callable[[DARTSOptimizer, dict], Optional[bool]]] = None,
-               on_step: Optional[Callable[[DARTSOptimizer, dict], None]] = None) -> Genotype:
+               on_step: Optional[Callable[[DARTSOptimizer, dict], None]] = None,
+               progress: Union[bool, str] = True) -> Genotype:
         """Run the search until ``epochs`` epochs (default ``num_steps``) are complete.
 
         Continues from ``self.epoch``, so a loaded state resumes where it stopped. After each
         epoch a record (losses, accuracies, lr, genotype, softmax of the alphas, seconds) is
         appended to ``history`` and passed to ``callback(self, record)``; a callback returning
         False stops the search. ``on_step(self, stats)`` is called after every step.
+        ``progress``: show the epochs on stderr as ``fastnas search`` does (True: bars on a
+        terminal, else one line per epoch, :meth:`epoch_summary`; ``"lines"``: one line per
+        epoch, as ``--quiet``; False: silent).
         """
         if epochs is not None:
             self.total_epochs = check_epochs(epochs)
+        with console_progress(self, "search", progress, train_loader, callback,
+                              on_step) as (callback, on_step):
+            return self._search(train_loader, val_loader, callback, on_step)
 
+    @staticmethod
+    def epoch_summary(record: Mapping[str, Any]) -> str:
+        """An epoch record in one line, each number saying how it was measured."""
+        return (f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}  val loss "
+                f"{record['val_loss']:.3f} acc {record['val_acc']:.3f} (train mode, epoch "
+                f"means)  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+
+    def _search(self, train_loader: Iterable, val_loader: Iterable,
+                callback: Optional[Callable[[DARTSOptimizer, dict], Optional[bool]]],
+                on_step: Optional[Callable[[DARTSOptimizer, dict], None]]) -> Genotype:
         def run_epoch(epoch: int) -> Dict[str, Any]:
             self._set_lr(cosine_lr(epoch, self.total_epochs, self.config.learning_rate_w,
                                    self.config.lr_min))

@@ -55,6 +55,7 @@ from ..engine import (
     accuracy,
     check_batch,
     check_epochs,
+    console_progress,
     cosine_lr,
     grad_norm,
     run_epochs,
@@ -274,7 +275,8 @@ class ENASOptimizer(Resumable):
     # -- the search loop ----------------------------------------------------------------------
     def search(self, train_loader: Iterable, val_loader: Iterable, epochs: Optional[int] = None,
                callback: Optional[Callable[[ENASOptimizer, dict], Optional[bool]]] = None,
-               on_step: Optional[Callable[[ENASOptimizer, dict], None]] = None) -> Arch:
+               on_step: Optional[Callable[[ENASOptimizer, dict], None]] = None,
+               progress: Union[bool, str] = True) -> Arch:
         """Run until ``epochs`` epochs (default ``num_steps``) are complete, then return the best
         of ``derive_samples`` sampled architectures on a validation batch (``derive``).
 
@@ -283,9 +285,27 @@ class ENASOptimizer(Resumable):
         architecture and its per-decision probabilities ``decision_probs``, seconds) is appended
         to ``history`` and passed to ``callback(self, record)``; a callback returning False
         stops the search. ``on_step(self, stats)`` is called after every shared-weight step.
+        ``progress``: show the epochs on stderr as ``fastnas search`` does (True: bars on a
+        terminal, else one line per epoch, :meth:`epoch_summary`; ``"lines"``: one line per
+        epoch, as ``--quiet``; False: silent).
         """
         if epochs is not None:
             self.total_epochs = check_epochs(epochs)
+        with console_progress(self, "search", progress, train_loader, callback,
+                              on_step) as (callback, on_step):
+            return self._search(train_loader, val_loader, callback, on_step)
+
+    @staticmethod
+    def epoch_summary(record: Mapping[str, Any]) -> str:
+        """An epoch record in one line, each number saying how it was measured."""
+        return (f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f} (epoch "
+                f"mean)  val reward {record['val_acc']:.3f} (sampled children's accuracy; "
+                f"BatchNorm on batch statistics)  lr {record['lr']:.4f}  "
+                f"{record['seconds']:.1f}s")
+
+    def _search(self, train_loader: Iterable, val_loader: Iterable,
+                callback: Optional[Callable[[ENASOptimizer, dict], Optional[bool]]],
+                on_step: Optional[Callable[[ENASOptimizer, dict], None]]) -> Arch:
         self.val_stream = val_batches = BatchStream(val_loader, "val_loader")
         val_batches.restore(self._val_position)
 

@@ -16,8 +16,9 @@ package sits below the pipeline.
 from .alphas import AlphaHistory, Panel, write_alpha_history
 from .cells import cell_dot, cell_figure
 from .extras import MissingExtra
-from .plots import PlotObserver, plot_run, plot_stage
+from .plots import PlotObserver, plot_run, plot_stage, remove_figures
 from .tensorboard import TensorBoardObserver
 
 __all__ = ["AlphaHistory", "MissingExtra", "Panel", "PlotObserver", "TensorBoardObserver",
-           "cell_dot", "cell_figure", "plot_run", "plot_stage", "write_alpha_history"]
+           "cell_dot", "cell_figure", "plot_run", "plot_stage", "remove_figures",
+           "write_alpha_history"]

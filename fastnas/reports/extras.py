@@ -1,5 +1,6 @@
-"""Optional dependencies of the reports: matplotlib (``.[plot]``) and tensorboard
-(``.[tensorboard]``). Without one, the command that needs it says in one line what to install."""
+"""Dependencies the reports import only when they need them: matplotlib (installed with fastnas,
+but an environment may lack it) and tensorboard (the ``.[tensorboard]`` extra). Without one, the
+command that needs it says in one line what to install."""
 from __future__ import annotations
 
 import importlib
@@ -7,15 +8,17 @@ from types import ModuleType
 
 from ..errors import UserError
 
-EXTRAS = {"matplotlib": "plot", "tensorboard": "tensorboard"}
+# How to install each: matplotlib is a dependency of fastnas itself, tensorboard an extra.
+INSTALL = {"matplotlib": 'pip install matplotlib (a dependency of fastnas: pip install -e . '
+                         'installs it)',
+           "tensorboard": 'pip install -e ".[tensorboard]" (or pip install tensorboard)'}
 
 
 class MissingExtra(UserError):
     """An optional dependency is not installed; the message says what to install."""
 
     def __init__(self, package: str, what: str):
-        super().__init__(f"{what} needs {package}, which is not installed: "
-                         f"pip install -e \".[{EXTRAS[package]}]\" (or pip install {package})")
+        super().__init__(f"{what} needs {package}, which is not installed: {INSTALL[package]}")
         self.package = package
 
 
@@ -27,4 +30,4 @@ def require(package: str, what: str) -> ModuleType:
         raise MissingExtra(package, what) from None
 
 
-__all__ = ["EXTRAS", "MissingExtra", "require"]
+__all__ = ["INSTALL", "MissingExtra", "require"]

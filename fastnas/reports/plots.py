@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..console import log
 from ..errors import UserError
@@ -28,6 +28,22 @@ from .figures import alphas_figure, controller_figure, curves_figure
 
 FORMATS = ("png", "svg")
 DPI = 100
+# Every figure a stage may have in plots/ (with FORMATS, and .dot for the cells). A stage
+# removes those it does not draw itself, so a folder never shows another run's figures (an
+# ENAS controller.png under a DARTS search).
+FIGURES = ("cell_normal", "cell_reduce", "alphas", "curves", "controller")
+
+
+def _figure_files(out: str) -> List[str]:
+    return [os.path.join(out, f"{name}.{fmt}") for name in FIGURES
+            for fmt in (*FORMATS, "dot")]
+
+
+def remove_figures(out: str, keep: Sequence[str] = ()) -> None:
+    """Remove fastnas's figures from the folder ``out`` (other files stay), except ``keep``."""
+    for path in _figure_files(out):
+        if path not in keep and os.path.exists(path):
+            os.remove(path)
 
 
 def _read_json(path: str) -> Any:
@@ -95,6 +111,8 @@ def plot_stage(folder: str, figures: bool = True) -> List[str]:
             f.write(cell_dot(genotype, cell))
         written.append(path)
     if not figures:
+        remove_figures(out, keep=[*written, *(p for p in _figure_files(out)
+                                             if not p.endswith(".dot"))])
         return written
     require("matplotlib", "plotting")
     for cell in cells:
@@ -113,6 +131,7 @@ def plot_stage(folder: str, figures: bool = True) -> List[str]:
     else:
         _save(curves_figure(history, f"training on {metrics.get('dataset')}"), out, "curves",
               written)
+    remove_figures(out, keep=written)
     return written
 
 
@@ -156,5 +175,5 @@ class PlotObserver:
         log(f"plots: {len(written)} files in {os.path.join(run.output, 'plots')}")
 
 
-__all__ = ["FORMATS", "PlotObserver", "alpha_history", "plot_run", "plot_stage",
-           "stage_folders"]
+__all__ = ["FIGURES", "FORMATS", "PlotObserver", "alpha_history", "plot_run", "plot_stage",
+           "remove_figures", "stage_folders"]

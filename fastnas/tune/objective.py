@@ -9,7 +9,7 @@ evaluates it once, for the best trial.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -88,15 +88,16 @@ def suggest_hparams(trial, config: TuneConfig) -> Dict[str, float]:
 def train_candidate(genotype: Genotype, config: TuneConfig, tune_data: TuneData,
                     device: torch.device, hparams: Optional[Dict[str, float]] = None,
                     callback: Optional[Callable[[FinalTrainer, dict], Any]] = None,
-                    workers: int = 0) -> FinalTrainer:
+                    workers: int = 0, progress: Union[bool, str] = False) -> FinalTrainer:
     """Train ``genotype`` with the trial budget; after every epoch ``callback(trainer, record)``
     sees the record, whose ``test_acc`` is the accuracy on the *validation* split (the loader
-    ``FinalTrainer.fit`` evaluates is ``tune_data.val``)."""
+    ``FinalTrainer.fit`` evaluates is ``tune_data.val``). ``progress`` as in
+    ``FinalTrainer.fit`` (trials are silent: the study logs one line per trial)."""
     info = tune_data.info
     trainer = FinalTrainer(genotype, config.train_config(info.in_channels, info.num_classes,
                                                          str(device), hparams))
     train_loader, val_loader = tune_data.loaders(config.batch_size, device, config.seed, workers)
-    trainer.fit(train_loader, val_loader, callback=callback)
+    trainer.fit(train_loader, val_loader, callback=callback, progress=progress)
     return trainer
 
 
@@ -132,12 +133,15 @@ def make_objective(space, config: TuneConfig, tune_data: TuneData, device: torch
 
 
 def evaluate_best(genotype: Genotype, hparams: Optional[Dict[str, float]], config: TuneConfig,
-              tune_data: TuneData, device: torch.device, workers: int = 0) -> Dict[str, Any]:
+              tune_data: TuneData, device: torch.device, workers: int = 0,
+              progress: Union[bool, str] = False) -> Dict[str, Any]:
     """Train the best trial's candidate again exactly as its trial did (same budget, seed and
     hyperparameters: on a CPU the same weights) and evaluate the test split, once. Returns the
     validation accuracy of this run (the trial's value again), the test accuracy and loss, and
-    the network's parameter count."""
-    trainer = train_candidate(genotype, config, tune_data, device, hparams, workers=workers)
+    the network's parameter count. ``progress`` shows the training's epochs (see
+    ``FinalTrainer.fit``)."""
+    trainer = train_candidate(genotype, config, tune_data, device, hparams, workers=workers,
+                              progress=progress)
     test = trainer.evaluate(tune_data.test_loader(device, workers))
     return {"val_accuracy": trainer.history[-1]["test_acc"], "test_accuracy": test["accuracy"],
             "test_loss": test["loss"], "params": count_parameters(trainer.model)}
