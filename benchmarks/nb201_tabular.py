@@ -34,7 +34,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from fastnas.nb201 import Table  # noqa: E402
-from fastnas.nb201.table import DATASET_NAMES, TABLE_DATASETS  # noqa: E402
+from fastnas.nb201.table import TABLE_DATASET_TITLES, TABLE_DATASETS  # noqa: E402
 from fastnas.tune.tabular import TABULAR_STRATEGIES, run_tabular  # noqa: E402
 
 REPORTED = (25, 50, 100, 200, 500)
@@ -111,7 +111,7 @@ def markdown(results, table: Table, path: str) -> str:
     times = seconds_per_run(path)
     lines = []
     for dataset in datasets:
-        lines.append(f"**{DATASET_NAMES[dataset]}** (table optimum "
+        lines.append(f"**{TABLE_DATASET_TITLES[dataset]}** (table optimum "
                      f"{optimum(table, dataset):.2f}; best-so-far test accuracy %, mean +- std "
                      "over seeds)\n")
         header = "| strategy | seeds | " + " | ".join(f"{n} queries" for n in REPORTED)
@@ -159,7 +159,7 @@ def plot(results, table: Table, target: str) -> None:
         ax.set_xscale("log")
         ax.set_xlabel("table queries")
         ax.set_ylabel("best-so-far test accuracy (%)")
-        ax.set_title(f"NB201 {DATASET_NAMES[dataset]}")
+        ax.set_title(f"NB201 {TABLE_DATASET_TITLES[dataset]}")
         low = min(statistics.fmean(results[k]) for k in results if k[1] == dataset and k[2] >= 5)
         ax.set_ylim(low - 1.0, best + 0.4)
         ax.legend(fontsize=8)

@@ -23,7 +23,7 @@ from ..errors import UserError
 from .cell import NB201_CELLS, NB201Cell
 
 TABLE_DATASETS: Tuple[str, ...] = ("cifar10", "cifar100", "imagenet16_120")
-DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
+TABLE_DATASET_TITLES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100",
                  "imagenet16_120": "ImageNet16-120"}
 COLUMNS = ("arch", *TABLE_DATASETS)
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -50,7 +50,7 @@ class Accuracies:
 
     def summary(self) -> str:
         """``NB201 table: CIFAR-10 93.76, CIFAR-100 70.71, ImageNet16-120 44.10``."""
-        return "NB201 table: " + ", ".join(f"{DATASET_NAMES[d]} {getattr(self, d):.2f}"
+        return "NB201 table: " + ", ".join(f"{TABLE_DATASET_TITLES[d]} {getattr(self, d):.2f}"
                                            for d in TABLE_DATASETS)
 
 
@@ -194,5 +194,5 @@ def lookup(cell: Union[NB201Cell, str], dataset: str = "cifar10",
     return table.lookup(cell, dataset)
 
 
-__all__ = ["Accuracies", "COLUMNS", "DATASET_NAMES", "SHIPPED", "TABLE_DATASETS", "Table",
+__all__ = ["Accuracies", "COLUMNS", "TABLE_DATASET_TITLES", "SHIPPED", "TABLE_DATASETS", "Table",
            "check_dataset", "lookup"]
