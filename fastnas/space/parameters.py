@@ -76,8 +76,15 @@ def attach_state_dict_names(module: nn.Module, child: str = "arch") -> None:
     inner = f"{child}.alphas_"
 
     def save(mod, state, prefix, local_metadata) -> None:
-        for key in [k for k in state if k.startswith(prefix + inner)]:
-            state[prefix + key[len(prefix) + len(child) + 1:]] = state.pop(key)
+        # The module's own keys are the last ones so far; put the alphas first among them, where
+        # a module's own parameters go (the order of checkpoints written before this layer).
+        section = [(k, state.pop(k)) for k in [k for k in state if k.startswith(prefix)]]
+        for key, value in section:
+            if key.startswith(prefix + inner):
+                state[prefix + key[len(prefix) + len(child) + 1:]] = value
+        for key, value in section:
+            if not key.startswith(prefix + inner):
+                state[key] = value
 
     def load(mod, state, prefix, *args):
         for key in [k for k in state if k.startswith(prefix + "alphas_")]:
