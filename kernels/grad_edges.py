@@ -4,7 +4,8 @@
 the architecture step asks for ``d loss / d alphas`` only and the weight step for the weights
 only, and the native backward of ``conv2d`` or ``batch_norm`` skips what is not asked for. The
 fast supernet's Functions (``fastnas.ops.functional``) and the Triton ops of this package
-(``depthwise_conv2d``) do the same: ``record(ctx, *inputs)`` in ``forward`` remembers each
+(``depthwise_conv2d``, ``weighted_sum``) do the same: ``record(ctx, *inputs)`` in ``forward``
+remembers each
 input's graph node, ``needed(ctx, i)`` in ``backward`` asks the autograd engine whether that node
 will run. Inputs should be non-leaf tensors (the engine cannot answer for a leaf inside
 ``torch.autograd.grad``); for a leaf, or on a torch without the API, the answer is "needed".

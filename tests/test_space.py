@@ -289,6 +289,7 @@ def test_penalty_joins_the_unrolled_validation_loss():
 def test_triton_architecture_step_launches_no_depthwise_weight_gradient():
     from fastnas import kernels
     from fastnas.kernels import dispatch
+    from fastnas.kernels.launch import recording
 
     if not dispatch.HAS_TRITON or not (dispatch.INTERPRET or torch.cuda.is_available()):
         pytest.skip("needs Triton (compiled on CUDA, or TRITON_INTERPRET=1 on a CPU)")
@@ -300,11 +301,20 @@ def test_triton_architecture_step_launches_no_depthwise_weight_gradient():
         train = tuple(t.to(device) for t in train)
         val = tuple(t.to(device) for t in val)
         kernels.reset_launch_counts()
-        opt.architect.step(train, val, opt.lr, opt.weight_optimizer)
+        with recording() as arch_launches:
+            opt.architect.step(train, val, opt.lr, opt.weight_optimizer)
         arch = kernels.launch_counts()
         kernels.reset_launch_counts()
-        opt.step(train, val)
+        with recording() as step_launches:
+            opt.step(train, val)
         both = kernels.launch_counts()
     assert arch.get("depthwise_fwd", 0) > 0 and arch.get("depthwise_bwd_input", 0) > 0, arch
     assert arch.get("depthwise_bwd_weight", 0) == 0, arch
     assert both.get("depthwise_bwd_weight", 0) > 0, both   # the weight step needs them
+    # the node sums: the architecture step asks their alpha gradient, the weight step does not
+    def need_dw(launches):
+        return [lc.constexprs["NEED_DW"] for lc in launches if lc.kernel == "weighted_sum_bwd"]
+
+    assert any(need_dw(arch_launches))
+    weight_step = need_dw(step_launches)[len(need_dw(arch_launches)):]
+    assert weight_step and not any(weight_step)
