@@ -206,6 +206,12 @@ def test_own_space_with_an_unknown_op_same_steps_on_both_supernets(tanh_op, orde
     assert arch == ref.genotype() and isinstance(arch, Architecture)
     assert all(len(n) == 2 + i for i, n in enumerate(arch.cells["normal"].nodes))
     space.check_architecture(arch)
+    # the alpha history of this space: one panel per edge, over its three ops
+    fast.search([synthetic(seed=12)[0]], [synthetic(seed=12)[1]], epochs=1)
+    history = AlphaHistory.from_search("darts", fast.config.to_dict(), fast.history, space)
+    assert len(history.panels) == 2 * 9 and history.panels[0].options == space.ops
+    with pytest.raises(ValueError, match="num_nodes"):
+        DARTSOptimizer(dict(cfg, num_nodes=2), space=space)
 
 
 # -- a penalty on the validation loss -------------------------------------------------------------

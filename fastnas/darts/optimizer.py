@@ -58,6 +58,9 @@ class DARTSOptimizer(Resumable):
                  loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None):
         self.config = DARTSConfig.from_dict(config)
         cfg = self.config
+        if space is not None and space.num_nodes != cfg.num_nodes:
+            raise ValueError(f"the space has {space.num_nodes} nodes but num_nodes is "
+                             f"{cfg.num_nodes}; set num_nodes={space.num_nodes}")
         if cfg.seed is not None:
             seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)

@@ -30,7 +30,7 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from ..enas.macro import MACRO_OPS
 from ..enas.micro import MICRO_OPS
@@ -73,12 +73,16 @@ class AlphaHistory:
     # -- from a search ----------------------------------------------------------------------------
     @classmethod
     def from_search(cls, method: str, config: Mapping[str, Any],
-                    history: Sequence[Mapping[str, Any]]) -> AlphaHistory:
-        """From a search's history records (tensors or lists) and its config (a dict). Records
+                    history: Sequence[Mapping[str, Any]],
+                    space: Optional[CellSpace] = None) -> AlphaHistory:
+        """From a search's history records (tensors or lists) and its config (a dict); a DARTS
+        search over another space than the config's DARTS space passes its ``space``. Records
         written before the weights were recorded (none of their keys) are left out."""
         if method == "darts":
-            panels = darts_panels(int(config.get("num_nodes", 4)))
-            keys = ("alphas_normal", "alphas_reduce")
+            if space is None:
+                space = darts_space(int(config.get("num_nodes", 4)))
+            panels = space_panels(space)
+            keys = tuple(f"alphas_{t}" for t in space.cell_types)
             what = next((str(r["alphas_what"]) for r in reversed(history) if "alphas_what" in r),
                         "softmax of the alphas per edge")
         elif method == "enas":
@@ -196,9 +200,10 @@ def macro_panels(num_layers: int) -> List[Panel]:
 
 
 def write_alpha_history(path: str, method: str, config: Mapping[str, Any],
-                        history: Sequence[Mapping[str, Any]]) -> None:
-    """``AlphaHistory.from_search(method, config, history).write(path)``."""
-    AlphaHistory.from_search(method, config, history).write(path)
+                        history: Sequence[Mapping[str, Any]],
+                        space: Optional[CellSpace] = None) -> None:
+    """``AlphaHistory.from_search(method, config, history, space).write(path)``."""
+    AlphaHistory.from_search(method, config, history, space).write(path)
 
 
 __all__ = ["AlphaHistory", "Panel", "darts_panels", "macro_panels", "micro_panels",
