@@ -4,12 +4,13 @@ The layers, each importing only the ones below it (checked by import-linter, see
 ``pyproject.toml``)::
 
     cli                      the ``fastnas`` command line
+    tune                     DARTS/ENAS, then Bayesian optimization (Optuna, optional)
     pipeline, profiling,     stage runners (search, train) with checkpoints and metrics, the
       paper                  search-step profile, the DARTS paper's checkpoints
     reports                  alpha history, figures, Graphviz cells, TensorBoard
-    tune                     DARTS/ENAS, then Bayesian optimization (Optuna, optional)
     darts | enas | training  the search strategies and final training
     supernet | networks      the DARTS supernet (reference and fast) and the final networks
+    space                    the cell space, the relaxation, the architecture parameters
     genotypes                discrete architectures
     ops                      candidate ops as modules, the cell plan, fused CPU Functions
     kernels                  Triton kernels (``kernels/`` in the repository) and their dispatch

@@ -1,5 +1,9 @@
 """Discrete cell architectures (genotypes): a value type, a safe parser, JSON, and published cells.
 
+``Architecture`` is the architecture of any cell space (``fastnas.space``): per cell type, per
+node, its ``(op, input state)`` pairs (any number: 2 in the DARTS space, every edge in a
+one-cell every-edge space), and the concatenated states. ``Genotype`` is the DARTS space's:
+
 A genotype lists, for the normal and the reduction cell, two ``(op, input)`` pairs per
 intermediate node. Node ``i`` (0-based) may read the two cell inputs (indices 0 and 1) or any
 earlier node (indices ``2 .. i + 1``); ``*_concat`` lists the states concatenated as the cell's
@@ -11,7 +15,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from .checkpoint import write_json_atomic
 from .ops import OPS
@@ -172,6 +176,120 @@ class Genotype:
     @property
     def num_nodes(self) -> int:
         return len(self.normal) // 2
+
+    # -- as the architecture of a space ---------------------------------------------------------
+    def to_architecture(self) -> Architecture:
+        """The same cells as a generic ``Architecture`` (two inputs per node)."""
+        cells = {}
+        for kind in CELL_KINDS:
+            edges = getattr(self, kind)
+            nodes = tuple(edges[2 * i:2 * i + 2] for i in range(len(edges) // 2))
+            cells[kind] = CellArchitecture(nodes, getattr(self, f"{kind}_concat"))
+        return Architecture(cells, num_inputs=2)
+
+    @classmethod
+    def from_architecture(cls, arch: Architecture) -> Genotype:
+        """The genotype of a DARTS-space ``Architecture`` (normal and reduce cells, two inputs,
+        two edges per node); a ValueError says what does not fit."""
+        if sorted(arch.cells) != ["normal", "reduce"] or arch.num_inputs != 2 or any(
+                len(n) != 2 for c in arch.cells.values() for n in c.nodes):
+            raise ValueError("a Genotype needs a normal and a reduce cell with two inputs and "
+                             "two edges per node")
+        return cls(**{f: ([e for n in arch.cells[f].nodes for e in n] if f in CELL_KINDS
+                          else arch.cells[f.split("_")[0]].concat) for f in _FIELDS})
+
+
+CELL_KINDS = ("normal", "reduce")
+
+
+@dataclass(frozen=True)
+class CellArchitecture:
+    """One cell: ``nodes[i]`` the ``(op, state)`` pairs node ``i`` sums, ``concat`` its output
+    states."""
+
+    nodes: Tuple[Tuple[Edge, ...], ...]
+    concat: Tuple[int, ...]
+
+
+class Architecture:
+    """The architecture of a cell space: ``cells`` maps each cell type to a
+    ``CellArchitecture``; node ``i`` of a cell may read states ``0 .. num_inputs + i - 1`` (the
+    inputs, then earlier nodes). Immutable, compared by value, JSON by ``to_dict``."""
+
+    def __init__(self, cells: Mapping[str, Any], num_inputs: int):
+        if isinstance(num_inputs, bool) or not isinstance(num_inputs, int) or num_inputs < 1:
+            raise ValueError(f"num_inputs must be a positive integer, got {num_inputs!r}")
+        if not isinstance(cells, Mapping) or not cells:
+            raise ValueError("an architecture needs at least one cell")
+        out = {}
+        for kind, cell in cells.items():
+            if not isinstance(kind, str):
+                raise ValueError(f"cell types are names, got {kind!r}")
+            nodes, concat = ((cell.nodes, cell.concat) if isinstance(cell, CellArchitecture)
+                             else cell)
+            nodes = tuple(_as_edges(f"{kind} node {i}", n) for i, n in enumerate(nodes))
+            concat = _as_ints(f"{kind} concat", concat)
+            for i, edges in enumerate(nodes):
+                if not edges:
+                    raise ValueError(f"{kind}: node {i} has no inputs")
+                for _, j in edges:
+                    if not 0 <= j < num_inputs + i:
+                        raise ValueError(f"{kind}: node {i} cannot take input {j} (allowed "
+                                         f"0..{num_inputs + i - 1})")
+            states = num_inputs + len(nodes)
+            if not concat or len(set(concat)) != len(concat) or not all(
+                    0 <= c < states for c in concat):
+                raise ValueError(f"{kind} concat: {list(concat)} is not a set of states "
+                                 f"0..{states - 1}")
+            out[kind] = CellArchitecture(nodes, concat)
+        self.cells: Dict[str, CellArchitecture] = out
+        self.num_inputs = num_inputs
+
+    @classmethod
+    def from_cells(cls, num_inputs: int, cells: Mapping[str, Any]) -> Architecture:
+        return cls(cells, num_inputs)
+
+    def ops(self) -> List[str]:
+        """Every op name used, in order of appearance."""
+        return list(dict.fromkeys(op for c in self.cells.values() for n in c.nodes
+                                  for op, _ in n))
+
+    def check_ops(self, ops: Sequence[str]) -> None:
+        """A ValueError naming the first op not in ``ops`` (the space's ops)."""
+        for op in self.ops():
+            if op not in ops:
+                raise ValueError(f"unknown operation {op!r}; the space's ops: {', '.join(ops)}")
+
+    def to_dict(self) -> dict:
+        return {"num_inputs": self.num_inputs,
+                "cells": {k: {"nodes": [[[op, j] for op, j in n] for n in c.nodes],
+                              "concat": list(c.concat)} for k, c in self.cells.items()}}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Architecture:
+        if not isinstance(data, dict) or sorted(data) != ["cells", "num_inputs"]:
+            raise ValueError("architecture JSON must be an object with 'num_inputs' and 'cells'")
+        cells = data["cells"]
+        if not isinstance(cells, dict) or not all(
+                isinstance(c, dict) and sorted(c) == ["concat", "nodes"] for c in cells.values()):
+            raise ValueError("architecture JSON: each cell is {'nodes': [...], 'concat': [...]}")
+        return cls({k: (c["nodes"], c["concat"]) for k, c in cells.items()}, data["num_inputs"])
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Architecture:
+        return cls.from_dict(parse_json(text, "architecture JSON"))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Architecture) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+    def __repr__(self) -> str:
+        return f"Architecture({self.to_json()})"
 
 
 class _Parser:

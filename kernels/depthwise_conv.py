@@ -40,7 +40,7 @@ from typing import Callable, Union
 
 import torch
 
-from . import dispatch, reference
+from . import dispatch, grad_edges, reference
 from .launch import Launch, cdiv, next_power_of_2, note, register, run, skip
 
 if dispatch.HAS_TRITON:
@@ -390,6 +390,7 @@ def _(g, x, weight, stride, padding, dilation, triton):
 
 def _setup_context(ctx, inputs, output):
     x, weight, stride, padding, dilation = inputs
+    grad_edges.record(ctx, x, weight)
     ctx.save_for_backward(x, weight)
     ctx.conv = (stride, padding, dilation, dispatch.use_triton("depthwise_conv2d", x, weight))
 
@@ -397,9 +398,11 @@ def _setup_context(ctx, inputs, output):
 def _depthwise_grads(ctx, g):
     x, weight = ctx.saved_tensors
     dx = dw = None
-    if ctx.needs_input_grad[0]:
+    # Only what this backward uses (grad_edges): the architecture step needs no weight
+    # gradient, and the weight gradient kernel is the most expensive of the two.
+    if grad_edges.needed(ctx, 0):
         dx = torch.ops.fastnas.depthwise_conv2d_input_grad(g, x, weight, *ctx.conv)
-    if ctx.needs_input_grad[1]:
+    if grad_edges.needed(ctx, 1):
         dw = torch.ops.fastnas.depthwise_conv2d_weight_grad(g, x, weight, *ctx.conv)
     return dx, dw, None, None, None
 

@@ -29,7 +29,7 @@ from typing import Callable, List, Tuple
 
 import torch
 
-from . import dispatch, reference
+from . import dispatch, grad_edges, reference
 from .launch import Launch, cdiv, note, register, run, skip
 
 if dispatch.HAS_TRITON:
@@ -293,14 +293,18 @@ def _(xs, w, g, need_dx, need_dw, triton):
 
 def _setup_context(ctx, inputs, output):
     xs, w = inputs
+    grad_edges.record(ctx, w, *xs)
     ctx.save_for_backward(w, *xs)
     ctx.triton = dispatch.use_triton("weighted_sum", w, *xs)  # what the forward ran
 
 
 def _weighted_sum_grads(ctx, g):
     w, *xs = ctx.saved_tensors
+    # Only what this backward uses (grad_edges): the weight step needs no alpha gradient, and
+    # the architecture step no gradient of op outputs that no alpha depends on.
     need_xs, need_w = ctx.needs_input_grad
-    need_dx = any(need_xs)
+    need_w = grad_edges.needed(ctx, 0, need_w)
+    need_dx = any(grad_edges.needed(ctx, 1 + k, r) for k, r in enumerate(need_xs))
     dx, dw = torch.ops.fastnas.weighted_sum_backward(xs, w, g, need_dx, need_w, ctx.triton)
     return (list(dx.unbind(0)) if need_dx else [None] * len(xs)), (dw if need_w else None)
 

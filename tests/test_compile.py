@@ -11,6 +11,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
 from fastnas import DARTSOptimizer
+from fastnas.space import ARCHITECTURE, WEIGHTS
 from fastnas.supernet import compiled
 
 TINY = dict(channels=4, layers=3, num_nodes=1, num_classes=5, batch_size=2, device="cpu",
@@ -39,10 +40,12 @@ def backend(monkeypatch):
 
 def _step_results(opt, train, val):
     """Logits, loss and gradients of both first-order DARTS steps at the current state (the
-    architecture step's alphas-only and the weight step's weights-only graphs)."""
+    architecture step's alphas-only and the weight step's weights-only graphs, each in its
+    relaxation phase, as the steps run them)."""
     out = []
-    for params, (x, y) in ((opt.arch_parameters(), val), (opt.weight_parameters(), train)):
-        with compiled.differentiating(opt.model, params):
+    for params, (x, y), phase in ((opt.arch_parameters(), val, ARCHITECTURE),
+                                  (opt.weight_parameters(), train, WEIGHTS)):
+        with compiled.differentiating(opt.model, params), opt.model.arch.phase(phase):
             logits = opt.model(x)
             loss = F.cross_entropy(logits, y)
         out += [logits, loss, *torch.autograd.grad(loss, params)]

@@ -18,11 +18,14 @@ def test_default_search_network_has_the_paper_weight_count():
 def test_alphas_are_registered_parameters_in_primitive_order():
     torch.manual_seed(0)
     net = SearchNetwork(C=4, layers=3)
-    names = dict(net.named_parameters())
-    assert names["alphas_normal"] is net.alphas_normal
-    assert names["alphas_reduce"] is net.alphas_reduce
+    names = dict(net.named_parameters())  # owned by the arch module (fastnas.space)
+    assert names["arch.alphas_normal"] is net.alphas_normal is net.arch.alphas_normal
+    assert names["arch.alphas_reduce"] is net.alphas_reduce
     assert net.alphas_normal.shape == (14, len(PRIMITIVES)) == net.alphas_reduce.shape
-    assert "alphas_normal" in net.state_dict()
+    # ... and named as before in the state_dict (checkpoints, the paper's checkpoints)
+    state = net.state_dict()
+    assert list(state)[:2] == ["alphas_normal", "alphas_reduce"]   # first, as they always were
+    assert not any(k.startswith("arch.") for k in state)
     # init is 1e-3 * randn
     big = SearchNetwork(C=2, layers=1, num_nodes=16)
     assert 0.5e-3 < big.alphas_normal.std().item() < 2e-3

@@ -1,5 +1,12 @@
 """The architecture step of DARTS' bi-level optimization.
 
+The method gives the loss ``L(logits, y)`` (default: cross-entropy) and, through the
+supernet's relaxation (``fastnas.space``), an optional penalty ``P(a)`` on the alphas that
+joins the validation loss only: ``L_val(w, a) = L(f(x_val; w, a), y_val) + P(a)``, in both
+orders (in the unrolled step's ``grad_a L_val(w', a)`` too; ``P`` does not depend on the
+weights, so ``v`` and ``H v`` are those of the data loss). Every forward pass of the step runs
+in the relaxation's ``ARCHITECTURE`` phase.
+
 First order: ``grad_a L_val(w, a)``.
 
 Second order (the unrolled step). With ``xi`` the current weight learning rate, ``m`` the SGD
@@ -34,6 +41,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from .. import distributed
+from ..space import ARCHITECTURE
 
 
 class Architect:
@@ -48,14 +56,21 @@ class Architect:
     given, vets the validation loss and the alpha gradient before they are used: it returns
     False to skip the step or raises (``fastnas.engine.NonFiniteGuard``); with a loss scale,
     non-finite gradients are the scale's business and are not passed to it.
+    ``loss(logits, y)`` is the method's loss (default ``cross_entropy``, half precision logits
+    upcast); ``architecture`` (default the model's ``arch``, if it has one) is the
+    ``ArchitectureParameters`` whose phase the passes run in and whose penalty joins the
+    validation loss.
     """
 
     def __init__(self, model: nn.Module, lr: float, betas=(0.5, 0.999), weight_decay: float = 1e-3,
                  order: int = 1, momentum: float = 0.9, network_weight_decay: float = 3e-4,
                  hessian_r: float = 0.01, autocast: Optional[Callable] = None,
                  loss_scale: Optional[Callable[[], float]] = None,
-                 check: Optional[Callable[[str, object], bool]] = None):
+                 check: Optional[Callable[[str, object], bool]] = None,
+                 loss: Optional[Callable] = None, architecture: Optional[nn.Module] = None):
         self.model = model
+        self.loss_fn = cross_entropy if loss is None else loss
+        self.architecture = getattr(model, "arch", None) if architecture is None else architecture
         self.order = order
         self.momentum = momentum
         self.network_weight_decay = network_weight_decay
@@ -79,8 +94,20 @@ class Architect:
             return functional_call(self.model, state, (x,))
 
     def loss(self, x, y, weights=None):
+        """The method's loss on ``(x, y)`` (weights ``weights`` if given) and the logits."""
         logits = self._forward(x, weights)
-        return F.cross_entropy(upcast(logits), y), logits
+        return self.loss_fn(logits, y), logits
+
+    def val_loss(self, x, y, weights=None):
+        """``L(f(x; w, a), y) + P(a)``: the loss plus the relaxation's penalty, if any."""
+        loss, logits = self.loss(x, y, weights)
+        penalty = self.architecture.penalty() if self.architecture is not None else None
+        return (loss if penalty is None else loss + penalty), logits
+
+    def _phase(self):
+        if self.architecture is None:
+            return contextlib.nullcontext()
+        return self.architecture.phase(ARCHITECTURE)
 
     def _grad(self, loss, inputs, **kwargs):
         """``torch.autograd.grad`` of ``loss``, through the loss scale when there is one; the
@@ -98,9 +125,13 @@ class Architect:
     def step(self, train_batch, val_batch, xi: float, weight_optimizer: torch.optim.Optimizer):
         """One Adam step on the alphas; returns ``(val_loss, val_logits, applied)`` of the
         minimized loss (``applied`` False: the step was skipped)."""
+        with self._phase():
+            return self._step(train_batch, val_batch, xi, weight_optimizer)
+
+    def _step(self, train_batch, val_batch, xi, weight_optimizer):
         alphas = self.model.alphas()
         if self.order == 1:
-            loss, logits = self.loss(*val_batch)
+            loss, logits = self.val_loss(*val_batch)
             if self.check is not None and not self.check("validation loss", loss.detach()):
                 return loss.detach(), logits.detach(), False
             grads = self._grad(loss, alphas)
@@ -145,7 +176,7 @@ class Architect:
         alphas = self.model.alphas()
         virtual = self.virtual_weights(train_batch, xi, weight_optimizer)
         virtual = {n: w.requires_grad_() for n, w in virtual.items()}
-        loss, logits = self.loss(*val_batch, weights=virtual)
+        loss, logits = self.val_loss(*val_batch, weights=virtual)
         grads = self._grad(loss, list(alphas) + list(virtual.values()), allow_unused=True)
         d_alpha = [_zero_if_none(g, a) for g, a in zip(grads[:len(alphas)], alphas)]
         vector = [_zero_if_none(g, w) for g, w in zip(grads[len(alphas):], virtual.values())]
@@ -183,8 +214,13 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """DARTS' loss: cross-entropy of the (upcast) logits."""
+    return F.cross_entropy(upcast(logits), y)
+
+
 def _zero_if_none(g, like):
     return torch.zeros_like(like) if g is None else g
 
 
-__all__ = ["Architect", "upcast"]
+__all__ = ["Architect", "cross_entropy", "upcast"]

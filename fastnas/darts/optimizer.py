@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .. import distributed
 from ..checkpoint import Resumable, check_kind, check_tensors_fit, describe
@@ -34,9 +33,10 @@ from ..engine import (
 )
 from ..genotypes import Genotype
 from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
+from ..space import WEIGHTS, CellSpace, Relaxation
 from ..supernet import build_supernet, check_kernels
 from ..supernet.compiled import compile_supernet, differentiating
-from .architect import Architect, upcast
+from .architect import Architect, cross_entropy
 from .config import DARTSConfig
 from .precision import Precision
 
@@ -44,14 +44,24 @@ from .precision import Precision
 class DARTSOptimizer(Resumable):
     """DARTS search as a drop-in object: ``step``, ``search``, ``genotype``, ``ask``/``tell``.
 
-    ``config`` is a dict with the keys of :class:`DARTSConfig` (or a DARTSConfig). As a search
-    strategy it answers ``architecture()`` (the genotype derived from the current alphas) and
-    ``evaluate(loader)`` (the supernet's loss and accuracy), like ``ENASOptimizer``.
+    ``config`` is a dict with the keys of :class:`DARTSConfig` (or a DARTSConfig). A method
+    built on DARTS passes its parts instead of subclassing: ``space`` (a
+    ``fastnas.space.CellSpace``, default the DARTS space of ``num_nodes``), ``relaxation``
+    (default ``Softmax``) and ``loss(logits, y)`` (default cross-entropy), which both the
+    architecture and the weight step minimize (the architecture step adds the relaxation's
+    penalty). As a search strategy it answers ``architecture()`` (the genotype derived from
+    the current alphas) and ``evaluate(loader)`` (the supernet's loss and accuracy), like
+    ``ENASOptimizer``.
     """
 
-    def __init__(self, config: Union[Mapping[str, Any], DARTSConfig, None] = None):
+    def __init__(self, config: Union[Mapping[str, Any], DARTSConfig, None] = None, *,
+                 space: Optional[CellSpace] = None, relaxation: Optional[Relaxation] = None,
+                 loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None):
         self.config = DARTSConfig.from_dict(config)
         cfg = self.config
+        if space is not None and space.num_nodes != cfg.num_nodes:
+            raise ValueError(f"the space has {space.num_nodes} nodes but num_nodes is "
+                             f"{cfg.num_nodes}; set num_nodes={space.num_nodes}")
         if cfg.seed is not None:
             seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
@@ -61,7 +71,9 @@ class DARTSOptimizer(Resumable):
         self.model = build_supernet(
             cfg.supernet, C=cfg.channels, num_classes=cfg.num_classes, layers=cfg.layers,
             num_nodes=cfg.num_nodes, in_channels=cfg.in_channels,
-            checkpointing=cfg.checkpointing).to(self.device, self.dtype)
+            checkpointing=cfg.checkpointing, space=space,
+            relaxation=relaxation).to(self.device, self.dtype)
+        self.loss = cross_entropy if loss is None else loss
         if cfg.compile:
             compile_supernet(self.model, cfg.compile_mode)
         self.weight_optimizer = torch.optim.SGD(self.model.weights(), lr=cfg.learning_rate_w,
@@ -72,7 +84,8 @@ class DARTSOptimizer(Resumable):
                                    weight_decay=cfg.arch_weight_decay, order=cfg.order,
                                    momentum=cfg.momentum, network_weight_decay=cfg.weight_decay,
                                    hessian_r=cfg.hessian_r, autocast=self._autocast,
-                                   loss_scale=self.precision.loss_scale, check=self._check)
+                                   loss_scale=self.precision.loss_scale, check=self._check,
+                                   loss=self.loss)
         self.total_epochs = cfg.num_steps
         self.epoch = 0  # completed epochs
         self.global_step = 0
@@ -135,9 +148,10 @@ class DARTSOptimizer(Resumable):
                 train_batch, val_batch, self.lr, self.weight_optimizer)
         x, y = train_batch
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with self._autocast(), self._differentiating(self.weight_parameters()):
+        with self._autocast(), self._differentiating(self.weight_parameters()), \
+                self.model.arch.phase(WEIGHTS):
             logits = self.model(x)
-        loss = F.cross_entropy(upcast(logits), y)
+        loss = self.loss(logits, y)
         weights = self.weight_parameters()
         applied = self._weight_step(loss, weights)
         if applied or arch_applied:
@@ -191,7 +205,8 @@ class DARTSOptimizer(Resumable):
         """Run the search until ``epochs`` epochs (default ``num_steps``) are complete.
 
         Continues from ``self.epoch``, so a loaded state resumes where it stopped. After each
-        epoch a record (losses, accuracies, lr, genotype, softmax of the alphas, seconds) is
+        epoch a record (losses, accuracies, lr, genotype, the relaxation's strengths of the
+        alphas as ``alphas_<cell type>`` and their name as ``alphas_what``, seconds) is
         appended to ``history`` and passed to ``callback(self, record)``; a callback returning
         False stops the search. ``on_step(self, stats)`` is called after every step.
         ``progress``: show the epochs on stderr as ``fastnas search`` does (True: bars on a
@@ -234,8 +249,8 @@ class DARTSOptimizer(Resumable):
             return {"lr": self.lr, "steps": steps, "skipped_steps": self.guard.skipped,
                     **{k: m.reduced().value for k, m in means.items()},
                     "genotype": str(self.genotype()),
-                    "alphas_normal": F.softmax(self.model.alphas_normal.detach(), -1).cpu(),
-                    "alphas_reduce": F.softmax(self.model.alphas_reduce.detach(), -1).cpu()}
+                    **{f"alphas_{t}": w for t, w in self.model.arch.strengths().items()},
+                    "alphas_what": self.model.relaxation.what}
 
         run_epochs(self, run_epoch, callback)
         return self.genotype()
@@ -252,7 +267,7 @@ class DARTSOptimizer(Resumable):
                 x, y = self._batch("batch", batch)
                 with self._autocast():
                     logits = self.model(x)
-                loss.add(F.cross_entropy(upcast(logits), y).item(), len(y))
+                loss.add(self.loss(logits, y).item(), len(y))
                 acc.add(accuracy(logits, y), len(y))
         finally:
             self.model.train()

@@ -7,6 +7,7 @@ from .primitives import (
                          DilConv,
                          FactorizedReduce,
                          Identity,
+                         PoolBN,
                          ReLUConvBN,
                          SepConv,
                          Zero,
@@ -15,5 +16,5 @@ from .primitives import (
 )
 
 __all__ = ["CellSpec", "DilConv", "FactorizedReduce", "Identity", "OPS", "PRIMITIVES",
-           "ReLUConvBN", "SepConv", "Zero", "cell_plan", "drop_path", "make_op",
+           "PoolBN", "ReLUConvBN", "SepConv", "Zero", "cell_plan", "drop_path", "make_op",
            "reduction_layers"]

@@ -36,7 +36,8 @@ class ReLUConvBN(nn.Sequential):
 
 
 class DilConv(nn.Sequential):
-    """``BN(pointwise(depthwise_dilated(relu(x))))``."""
+    """``BN(pointwise(depthwise_dilated(relu(x))))``; ``depthwise``, ``pointwise`` and ``bn``
+    name its parts (what a fused plan reads)."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
         super().__init__(
@@ -47,15 +48,52 @@ class DilConv(nn.Sequential):
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
+    @property
+    def depthwise(self) -> nn.Conv2d:
+        return self[1]
+
+    @property
+    def pointwise(self) -> nn.Conv2d:
+        return self[2]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self[3]
+
 
 class SepConv(nn.Sequential):
-    """Two stacked ``relu -> depthwise -> pointwise -> BN`` blocks; only the first is strided."""
+    """Two stacked ``relu -> depthwise -> pointwise -> BN`` blocks (``DilConv``s ``first`` and
+    ``second``); only the first is strided."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
         super().__init__(
             DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine=affine),
             DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine=affine),
         )
+
+    @property
+    def first(self) -> DilConv:
+        return self[0]
+
+    @property
+    def second(self) -> DilConv:
+        return self[1]
+
+
+class PoolBN(nn.Sequential):
+    """A pooling op followed by ``BatchNorm2d(affine=False)``, as the search cell runs pools;
+    ``pool`` and ``bn`` name its parts."""
+
+    def __init__(self, pool: nn.Module, C: int):
+        super().__init__(pool, nn.BatchNorm2d(C, affine=False))
+
+    @property
+    def pool(self) -> nn.Module:
+        return self[0]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self[1]
 
 
 class Identity(nn.Module):

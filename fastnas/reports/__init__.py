@@ -1,6 +1,6 @@
 """What a run shows besides its JSON: the alpha history, figures, Graphviz cells, TensorBoard.
 
-    alphas.py       AlphaHistory: per epoch, the softmaxed alphas of every edge (DARTS) or the
+    alphas.py       AlphaHistory: per epoch, the relaxation's strengths of every edge (DARTS) or the
                     controller's per-decision probabilities (ENAS); the run's ``alphas.json``
     cells.py        a genotype's cell as a matplotlib figure and as Graphviz DOT text
     figures.py      the alpha grid, learning curves, the ENAS controller's reward and entropy

@@ -1,7 +1,9 @@
 """The alpha history: how a search's architecture weights moved, epoch by epoch (``alphas.json``).
 
-- DARTS: per edge (normal and reduce cell), ``softmax(alpha_e)`` over ``PRIMITIVES``: the weights
-  ``w_e,k`` of ``sum_k w_e,k op_k(x)``, as the search's history records hold them after each epoch.
+- DARTS: per edge (normal and reduce cell), the strengths of the search's relaxation over the
+  space's ops (``fastnas.space``; DARTS: ``softmax(alpha_e)`` over ``PRIMITIVES``, the weights
+  ``w_e,k`` of ``sum_k w_e,k op_k(x)``), as the search's history records hold them after each
+  epoch; ``what`` is the relaxation's name for them (``alphas_what`` in the records).
 - ENAS: per controller decision, the probabilities ``softmax(l_t)`` of its options in the
   controller's greedy pass after each epoch (micro: per cell and node, two inputs and two ops;
   macro: per layer an op and one skip bit per earlier layer).
@@ -28,11 +30,11 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, List, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from ..enas.macro import MACRO_OPS
 from ..enas.micro import MICRO_OPS
-from ..ops import PRIMITIVES
+from ..space import CellSpace, darts_space
 
 FORMAT = 1
 
@@ -71,12 +73,18 @@ class AlphaHistory:
     # -- from a search ----------------------------------------------------------------------------
     @classmethod
     def from_search(cls, method: str, config: Mapping[str, Any],
-                    history: Sequence[Mapping[str, Any]]) -> AlphaHistory:
-        """From a search's history records (tensors or lists) and its config (a dict). Records
+                    history: Sequence[Mapping[str, Any]],
+                    space: Optional[CellSpace] = None) -> AlphaHistory:
+        """From a search's history records (tensors or lists) and its config (a dict); a DARTS
+        search over another space than the config's DARTS space passes its ``space``. Records
         written before the weights were recorded (none of their keys) are left out."""
         if method == "darts":
-            panels = darts_panels(int(config.get("num_nodes", 4)))
-            keys, what = ("alphas_normal", "alphas_reduce"), "softmax of the alphas per edge"
+            if space is None:
+                space = darts_space(int(config.get("num_nodes", 4)))
+            panels = space_panels(space)
+            keys = tuple(f"alphas_{t}" for t in space.cell_types)
+            what = next((str(r["alphas_what"]) for r in reversed(history) if "alphas_what" in r),
+                        "softmax of the alphas per edge")
         elif method == "enas":
             if config.get("search_space", "micro") == "micro":
                 panels = micro_panels(int(config.get("num_nodes", 5)))
@@ -154,10 +162,16 @@ def _state_key(j: int) -> str:
 
 
 def darts_panels(num_nodes: int) -> List[Panel]:
-    """Edge ``(j -> i)`` of each cell, numbered node by node as the supernet's alpha rows."""
-    return [Panel(cell, i, j, f"{state_name(j)} -> {i}", f"{i}_from_{_state_key(j)}",
-                  tuple(PRIMITIVES))
-            for cell in ("normal", "reduce") for i in range(num_nodes) for j in range(i + 2)]
+    """Edge ``(j -> i)`` of each cell of the DARTS space, as its alpha rows (``space_panels``)."""
+    return space_panels(darts_space(num_nodes))
+
+
+def space_panels(space: CellSpace) -> List[Panel]:
+    """Edge ``(j -> i)`` of each cell type of ``space``, in the order of its alpha rows
+    (``CellSpace.edges``), over the space's ops."""
+    return [Panel(cell, e.node, e.state, f"{state_name(e.state)} -> {e.node}",
+                  f"{e.node}_from_{_state_key(e.state)}", tuple(space.ops))
+            for cell in space.cell_types for e in space.edges]
 
 
 def micro_panels(num_nodes: int) -> List[Panel]:
@@ -186,10 +200,11 @@ def macro_panels(num_layers: int) -> List[Panel]:
 
 
 def write_alpha_history(path: str, method: str, config: Mapping[str, Any],
-                        history: Sequence[Mapping[str, Any]]) -> None:
-    """``AlphaHistory.from_search(method, config, history).write(path)``."""
-    AlphaHistory.from_search(method, config, history).write(path)
+                        history: Sequence[Mapping[str, Any]],
+                        space: Optional[CellSpace] = None) -> None:
+    """``AlphaHistory.from_search(method, config, history, space).write(path)``."""
+    AlphaHistory.from_search(method, config, history, space).write(path)
 
 
 __all__ = ["AlphaHistory", "Panel", "darts_panels", "macro_panels", "micro_panels",
-           "state_name", "write_alpha_history"]
+           "space_panels", "state_name", "write_alpha_history"]

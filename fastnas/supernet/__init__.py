@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 
 from ..kernels import dispatch
+from ..space import CellSpace, Relaxation
 from .fast import FastSearchCell, FastSearchNetwork, kernel_set_for
 from .reference import MixedOp, SearchCell, SearchNetwork, derive_genotype, num_edges
 
@@ -56,14 +57,17 @@ def check_kernels(supernet: str, device: torch.device, dtype: torch.dtype = torc
 
 def build_supernet(supernet: str = "fast", *, C: int = 16, num_classes: int = 10,
                    layers: int = 8, num_nodes: int = 4, multiplier: Optional[int] = None,
-                   in_channels: int = 3, checkpointing: bool = False):
+                   in_channels: int = 3, checkpointing: bool = False,
+                   space: Optional[CellSpace] = None, relaxation: Optional[Relaxation] = None):
     """``SearchNetwork`` (``supernet='reference'``) or ``FastSearchNetwork`` (``'fast'``), on the
-    CPU in float32; both built from the same random draws, so one seed gives one state."""
+    CPU in float32; both built from the same random draws, so one seed gives one state.
+    ``space`` and ``relaxation``: see ``SearchNetwork`` (default the DARTS space, softmax)."""
     if supernet not in SUPERNETS:
         raise ValueError(f"supernet must be one of {list(SUPERNETS)}, got {supernet!r}")
     cls = SearchNetwork if supernet == "reference" else FastSearchNetwork
     return cls(C=C, num_classes=num_classes, layers=layers, num_nodes=num_nodes,
-               multiplier=multiplier, in_channels=in_channels, checkpointing=checkpointing)
+               multiplier=multiplier, in_channels=in_channels, checkpointing=checkpointing,
+               space=space, relaxation=relaxation)
 
 
 def __getattr__(name: str):

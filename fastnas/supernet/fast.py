@@ -21,6 +21,13 @@ every later node; for each state, once:
 Node ``i`` is then one weighted sum over all its edges and ops. Tensors are channels_last from
 the stem on (the kernels used are fastest on it).
 
+The plan is built from the cell's space (``fastnas.space.CellSpace``) by op *name*, from the
+families it knows (``none``; ``max_pool_3x3``/``avg_pool_3x3`` after their BatchNorm;
+``skip_connect``; ``sep_conv_*``/``dil_conv_*`` of any kernel size), reading what it needs
+from the primitives' named parts (``PoolBN.bn``, ``SepConv.first``, ``DilConv.depthwise``, ...).
+Any other op of the space runs per edge, as its own module, and joins the same node sum: a
+space with an op the plan does not know works, only that op unfused.
+
 The same plan runs with one of two kernel sets, chosen per forward by the kernel backend
 (``fastnas.kernels.set_backend`` / ``FASTNAS_BACKEND``; ``auto`` picks Triton for CUDA tensors):
 
@@ -54,7 +61,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..kernels import dispatch
-from ..ops import PRIMITIVES
+from ..ops import DilConv, FactorizedReduce, Identity, PoolBN, SepConv, Zero
 from ..ops.functional.batch_norm import shared_batch_norm, stacked_batch_norm
 from ..ops.functional.conv_blocks import conv_blocks
 from ..ops.functional.node_sum import node_sum
@@ -62,14 +69,36 @@ from ..ops.functional.pointwise import grouped_pointwise
 from .reference import SearchCell, SearchNetwork
 from .stages import stage
 
-# Column of each op in the alpha matrix (PRIMITIVES order).
-_MAX, _AVG, _SKIP, _SEP3, _SEP5, _DIL3, _DIL5 = (PRIMITIVES.index(n) for n in (
-    "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
-    "dil_conv_3x3", "dil_conv_5x5"))
-# (op column, kernel size, dilation) of the first depthwise conv of each conv op, in the order
-# their outputs are stacked; sep convs first, so the stack splits into [sep | dil].
-_STAGE1 = ((_SEP3, 3, 1), (_SEP5, 5, 1), (_DIL3, 3, 2), (_DIL5, 5, 2))
-_STAGE2 = ((_SEP3, 3), (_SEP5, 5))
+# The op families the fused plan knows, by name (the module must also be of the expected type).
+_POOLS = ("max_pool_3x3", "avg_pool_3x3")
+
+
+def _family(name: str, module: nn.Module) -> str:
+    """``none``, ``pool``, ``skip``, ``sep``, ``dil``, or ``other`` (run per edge)."""
+    if name == "none" and isinstance(module, Zero):
+        return "none"
+    if name in _POOLS and isinstance(module, PoolBN) and isinstance(
+            module.pool, (nn.MaxPool2d, nn.AvgPool2d)):
+        return "pool"
+    if name == "skip_connect" and isinstance(module, (Identity, FactorizedReduce)):
+        return "skip"
+    if name.startswith("sep_conv_") and isinstance(module, SepConv):
+        return "sep"
+    if name.startswith("dil_conv_") and isinstance(module, DilConv):
+        return "dil"
+    return "other"
+
+
+def _pool(x: torch.Tensor, pool: nn.Module) -> torch.Tensor:
+    if isinstance(pool, nn.MaxPool2d):
+        return F.max_pool2d(x, pool.kernel_size, pool.stride, pool.padding)
+    return F.avg_pool2d(x, pool.kernel_size, pool.stride, pool.padding,
+                        count_include_pad=pool.count_include_pad)
+
+
+def _conv_geometry(half: DilConv) -> tuple:
+    """(padding, dilation) of a DilConv's depthwise conv."""
+    return half.depthwise.padding[0], half.depthwise.dilation[0]
 
 
 # -- kernel sets ----------------------------------------------------------------------------------
@@ -156,19 +185,30 @@ def _block_views(block: torch.Tensor, views) -> List[torch.Tensor]:
 
 # -- the fused cell -------------------------------------------------------------------------------
 class _StatePlan:
-    """The modules that read one cell state: per reader edge (in node order) its pool BNs and
-    skip op, and the conv blocks in the stacked order of the fused calls."""
+    """The modules that read one cell state: per reader edge (in node order) its pool BNs, skip
+    op and other ops, and the conv blocks in the stacked order of the fused calls.
 
-    def __init__(self, edges: nn.ModuleList, readers: Sequence[int], stride: int):
-        ops = [edges[e].ops for e in readers]
+    ``columns`` is the alpha column of each node-sum part a reader contributes, in part order:
+    ``[pools | skip | sep convs | dil convs | other ops]`` (``none`` is never computed)."""
+
+    def __init__(self, edges: nn.ModuleList, readers: Sequence[int], stride: int,
+                 ops: Sequence[str]):
+        mods = [edges[e].ops for e in readers]
         self.E, self.stride = len(readers), stride
-        self.pool_bns = [[o[_MAX][1], o[_AVG][1]] for o in ops]
-        self.skips = [o[_SKIP] for o in ops]
-        # First half: [sep3 x E | sep5 x E | dil3 x E | dil5 x E], each a DilConv
-        # (relu, depthwise, pointwise, bn); a SepConv's first half is its [0].
-        self.stage1 = [[o[column][0] if column in (_SEP3, _SEP5) else o[column] for o in ops]
-                       for column, _, _ in _STAGE1]
-        self.stage2 = [[o[column][1] for o in ops] for column, _ in _STAGE2]
+        family = [_family(name, m) for name, m in zip(ops, mods[0])]
+        cols = {f: [k for k, fk in enumerate(family) if fk == f]
+                for f in ("pool", "skip", "sep", "dil", "other")}
+        self.pools = [mods[0][k].pool for k in cols["pool"]]
+        self.pool_bns = [[o[k].bn for k in cols["pool"]] for o in mods]
+        self.skips = [o[cols["skip"][0]] for o in mods] if cols["skip"] else []
+        # First half: [sep_a x E | sep_b x E | ... | dil_a x E | ...], each a DilConv (relu,
+        # depthwise, pointwise, bn); a SepConv's first half is its ``first``.
+        self.stage1 = ([[o[k].first for o in mods] for k in cols["sep"]]
+                       + [[o[k] for o in mods] for k in cols["dil"]])
+        self.stage2 = [[o[k].second for o in mods] for k in cols["sep"]]
+        self.S, self.D = len(cols["sep"]), len(cols["dil"])
+        self.others = [[o[k] for k in cols["other"]] for o in mods]
+        self.columns = [k for f in ("pool", "skip", "sep", "dil", "other") for k in cols[f]]
 
 
 class FastSearchCell(nn.Module):
@@ -181,58 +221,83 @@ class FastSearchCell(nn.Module):
 
     def __init__(self, cell: SearchCell):
         super().__init__()
-        if len(cell.edges[0].ops) != len(PRIMITIVES):
-            raise ValueError("the fast supernet supports the standard PRIMITIVES only")
+        space = self.space = cell.space
         self.reduction = cell.reduction
         self.num_nodes = cell.num_nodes
         self.multiplier = cell.multiplier
         self.preprocess0 = cell.preprocess0
         self.preprocess1 = cell.preprocess1
         self.edges = cell.edges
-        # Edge (i, j) from state j to node i; node i's edges are rows first(i) .. first(i) + i + 1.
-        self._first = [sum(n + 2 for n in range(i)) for i in range(self.num_nodes)]
-        # State j is read by nodes max(0, j - 1) .. num_nodes - 1 (the last node by none).
-        self._readers = [list(range(max(0, j - 1), self.num_nodes))
-                         for j in range(self.num_nodes + 1)]
+        # Per state (the last node's state is read by no edge): its reader edges, in node order.
+        self._readers = [space.readers(j) for j in range(space.num_states - 1)]
         # Plain lists, not submodules: the modules stay registered under edges.* only.
-        self._plans = [_StatePlan(self.edges, [self._first[i] + j for i in readers],
-                                  2 if self.reduction and j < 2 else 1)
+        self._plans = [_StatePlan(self.edges, [e.row for e in readers],
+                                  2 if self.reduction and j < space.num_inputs else 1,
+                                  space.ops)
                        for j, readers in enumerate(self._readers)]
+        # Node i's weights in the order of its parts: per incoming edge (state order), the
+        # columns of that state's plan; a column slice when every plan has the same contiguous
+        # columns (DARTS: every op but ``none``), else an index into the node's rows.
+        K = len(space.ops)
+        self._node_columns = []
+        for i in range(self.num_nodes):
+            columns = [self._plans[j].columns for j in range(space.num_inputs + i)]
+            first = columns[0]
+            if first and all(c == first for c in columns) and first == list(
+                    range(first[0], first[-1] + 1)):
+                self._node_columns.append(slice(first[0], first[-1] + 1))
+            else:
+                self._node_columns.append(torch.tensor(
+                    [j * K + k for j, cols in enumerate(columns) for k in cols],
+                    dtype=torch.long))
 
     def _state_parts(self, x: torch.Tensor, plan: _StatePlan, kset
                      ) -> List[List[torch.Tensor]]:
         """Every op of every edge that reads ``x``, as the node-sum parts of each reader:
-        ``[N, K, C, Ho, Wo]`` blocks in alpha-column order (max, avg, skip, sep3, sep5, dil3,
-        dil5)."""
+        ``[N, K, C, Ho, Wo]`` blocks in the order of ``plan.columns``."""
         E, stride = plan.E, plan.stride
-        N, C = x.shape[:2]
+        N, C, H, W = x.shape
+        Ho, Wo = (H - 1) // stride + 1, (W - 1) // stride + 1
         parts: List[List[torch.Tensor]] = [[] for _ in range(E)]
 
-        with stage("pools"):  # stacked [max | avg]; in training the BN output is shared
-            pools = torch.cat([F.max_pool2d(x, 3, stride, 1),
-                               F.avg_pool2d(x, 3, stride, 1, count_include_pad=False)], dim=1)
-            pools = pools.contiguous(memory_format=torch.channels_last)
-            Ho, Wo = pools.shape[-2:]
-            if plan.pool_bns[0][0].training:
-                shared = shared_batch_norm(pools, plan.pool_bns).view(N, 2, C, Ho, Wo)
-                for p in parts:
-                    p.append(shared)
-            else:
-                for p, bns in zip(parts, plan.pool_bns):
-                    p.append(stacked_batch_norm(pools, bns).view(N, 2, C, Ho, Wo))
-        with stage("skip_connect"):
-            self._skip_parts(x, plan, parts, Ho, Wo)
-        with stage("sep/dil convs, first half"):
-            z1 = self._first_half(x, plan, kset)
-            views = [lambda t, s=s: t[:, s * E * C:(s + 1) * E * C] for s in range(2)]
-            views += [lambda t, e=e: t.view(N, 4, E, C, Ho, Wo)[:, 2:, e] for e in range(E)]
-            sep3_half, sep5_half, *dil_out = _block_views(z1, views)
-        with stage("sep convs, second half"):
-            sep_out = self._second_half(sep3_half, sep5_half, plan, kset)
-            views = [lambda t, e=e: t.view(N, 2, E, C, Ho, Wo)[:, :, e] for e in range(E)]
-            sep_out = _block_views(sep_out, views)
-        for p, sep, dil in zip(parts, sep_out, dil_out):
-            p += [sep, dil]
+        if plan.pools:
+            with stage("pools"):  # stacked [max | avg]; in training the BN output is shared
+                P = len(plan.pools)
+                pools = torch.cat([_pool(x, pool) for pool in plan.pools], dim=1)
+                pools = pools.contiguous(memory_format=torch.channels_last)
+                if plan.pool_bns[0][0].training:
+                    shared = shared_batch_norm(pools, plan.pool_bns).view(N, P, C, Ho, Wo)
+                    for p in parts:
+                        p.append(shared)
+                else:
+                    for p, bns in zip(parts, plan.pool_bns):
+                        p.append(stacked_batch_norm(pools, bns).view(N, P, C, Ho, Wo))
+        if plan.skips:
+            with stage("skip_connect"):
+                self._skip_parts(x, plan, parts, Ho, Wo)
+        S, D = plan.S, plan.D
+        if S + D:
+            with stage("sep/dil convs, first half"):
+                z1 = self._first_half(x, plan, kset)
+                views = [lambda t, s=s: t[:, s * E * C:(s + 1) * E * C] for s in range(S)]
+                if D:
+                    views += [lambda t, e=e: t.view(N, S + D, E, C, Ho, Wo)[:, S:, e]
+                              for e in range(E)]
+                halves = _block_views(z1, views)
+                sep_halves, dil_out = halves[:S], halves[S:]
+            if S:
+                with stage("sep convs, second half"):
+                    sep_out = self._second_half(sep_halves, plan, kset)
+                    views = [lambda t, e=e: t.view(N, S, E, C, Ho, Wo)[:, :, e]
+                             for e in range(E)]
+                    for p, sep in zip(parts, _block_views(sep_out, views)):
+                        p.append(sep)
+            for p, dil in zip(parts, dil_out):
+                p.append(dil)
+        if plan.others[0]:
+            with stage("other ops, per edge"):
+                for p, ops in zip(parts, plan.others):
+                    p += [op(x).unsqueeze(1) for op in ops]
         return parts
 
     def _skip_parts(self, x, plan, parts, Ho, Wo):
@@ -259,33 +324,39 @@ class FastSearchCell(nn.Module):
 
     def _first_half(self, x, plan, kset):
         """First DilConv of every conv op of every reader: one depthwise call per kernel shape,
-        one grouped pointwise, one BN over [sep3 x E | sep5 x E | dil3 x E | dil5 x E]."""
+        one grouped pointwise, one BN over [sep_a x E | sep_b x E | ... | dil_a x E | ...]."""
         C = x.shape[1]
         first = [b for blocks in plan.stage1 for b in blocks]
-        dw = [torch.cat([b[1].weight for b in blocks]) for blocks in plan.stage1]
-        pw = torch.stack([b[2].weight.view(C, C) for b in first])
-        groups = [(0, plan.stride, dil * (k - 1) // 2, dil) for _, k, dil in _STAGE1]
-        return kset.conv_blocks([x], groups, dw, pw, [b[3] for b in first])
+        dw = [torch.cat([b.depthwise.weight for b in blocks]) for blocks in plan.stage1]
+        pw = torch.stack([b.pointwise.weight.view(C, C) for b in first])
+        groups = [(0, plan.stride, *_conv_geometry(blocks[0])) for blocks in plan.stage1]
+        return kset.conv_blocks([x], groups, dw, pw, [b.bn for b in first])
 
-    def _second_half(self, sep3_half, sep5_half, plan, kset):
+    def _second_half(self, sep_halves, plan, kset):
         """Second DilConv of the sep convs: one depthwise per kernel size over all channels."""
-        C = sep3_half.shape[1] // plan.E
+        C = sep_halves[0].shape[1] // plan.E
         second = [b for blocks in plan.stage2 for b in blocks]
-        dw = [torch.cat([b[1].weight for b in blocks]) for blocks in plan.stage2]
-        pw = torch.stack([b[2].weight.view(C, C) for b in second])
-        groups = [(i, 1, (k - 1) // 2, 1) for i, (_, k) in enumerate(_STAGE2)]
-        return kset.conv_blocks([sep3_half, sep5_half], groups, dw, pw, [b[3] for b in second])
+        dw = [torch.cat([b.depthwise.weight for b in blocks]) for blocks in plan.stage2]
+        pw = torch.stack([b.pointwise.weight.view(C, C) for b in second])
+        groups = [(i, 1, *_conv_geometry(blocks[0])) for i, blocks in enumerate(plan.stage2)]
+        return kset.conv_blocks(list(sep_halves), groups, dw, pw, [b.bn for b in second])
 
     def forward(self, s0, s1, weights):
         kset = kernel_set_for(s1)
+        space = self.space
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         pending: List[List[torch.Tensor]] = [[] for _ in range(self.num_nodes)]
         for j, plan in enumerate(self._plans):
-            for i, parts in zip(self._readers[j], self._state_parts(states[j], plan, kset)):
-                pending[i] += parts
-            if j >= 1:  # node j - 1 has now received its edges from states 0 .. j
-                i = j - 1
-                w = weights[self._first[i]:self._first[i] + i + 2, 1:].reshape(-1)
+            for e, parts in zip(self._readers[j], self._state_parts(states[j], plan, kset)):
+                pending[e.node] += parts
+            i = j - space.num_inputs + 1
+            if i >= 0:  # node i has now received its edges from states 0 .. j
+                columns = self._node_columns[i]
+                w = weights[space.rows(i)]
+                if isinstance(columns, slice):
+                    w = w[:, columns].reshape(-1)
+                else:
+                    w = w.reshape(-1).index_select(0, columns.to(w.device))
                 with stage("node sums"):
                     states.append(kset.node_sum(pending[i], w))
                 pending[i] = []

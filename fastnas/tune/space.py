@@ -6,7 +6,8 @@ parameters that make ``suggest`` return that genotype, for ``study.enqueue_trial
 ``contains(genotype)``, ``size`` (how many genotypes the space holds) and ``describe()`` (a JSON
 description, stored with the study so that a rerun cannot search another space by mistake).
 
-``EdgeSpace`` (DARTS). From the softmax weights ``w_e = softmax(alpha_e)`` of each edge ``e``:
+``EdgeSpace`` (DARTS). From the strengths ``w_e`` of each edge ``e`` that the search's relaxation
+gives (``fastnas.space``; DARTS: ``w_e = softmax(alpha_e)``), the ones derivation reads:
 
     strength(e) = max_{o != none} w_e[o]
     node i:  the top-k incoming edges by strength;    edge e:  the top-m ops by w_e, none excluded
@@ -40,11 +41,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from ..enas.micro import MICRO_OPS, choices_from_genotype, loose_ends
 from ..genotypes import Genotype
 from ..ops import PRIMITIVES
+from ..space import CellSpace, Relaxation, Softmax, darts_space
 from ..supernet import num_edges
 
 CELLS = ("normal", "reduce")
@@ -53,15 +54,6 @@ CELLS = ("normal", "reduce")
 def _ranked(scores: Sequence[float], keep: int) -> List[int]:
     """Indices of the ``keep`` largest ``scores``, largest first, ties to the lower index."""
     return sorted(range(len(scores)), key=lambda i: -scores[i])[:keep]
-
-
-def _softmax(alphas: torch.Tensor) -> torch.Tensor:
-    """Softmax of each alpha row, in the alphas' own precision (at least float32), as
-    ``derive_genotype``: the rankings then agree with the derivation to the last bit."""
-    a = alphas.detach().cpu()
-    if a.dtype in (torch.float16, torch.bfloat16):
-        a = a.float()
-    return F.softmax(a, dim=-1)
 
 
 def _check_k_m(k: Any, m: Any) -> None:
@@ -113,29 +105,44 @@ class EdgeSpace:
     @classmethod
     def from_alphas(cls, alphas_normal: torch.Tensor, alphas_reduce: torch.Tensor, k: int = 3,
                     m: int = 3, multiplier: Optional[int] = None,
-                    primitives: Sequence[str] = PRIMITIVES) -> EdgeSpace:
-        """The pruned space of two ``[edges, len(primitives)]`` alpha matrices."""
+                    primitives: Sequence[str] = PRIMITIVES,
+                    relaxation: Optional[Relaxation] = None) -> EdgeSpace:
+        """The pruned space of two ``[edges, len(primitives)]`` alpha matrices, read through
+        ``relaxation`` (default ``Softmax``)."""
         _check_k_m(k, m)
-        primitives = list(primitives)
         edges = alphas_normal.shape[0]
         num_nodes = next((n for n in range(1, 64) if num_edges(n) == edges), None)
         if num_nodes is None or tuple(alphas_reduce.shape) != tuple(alphas_normal.shape):
             raise ValueError(f"alphas of shapes {tuple(alphas_normal.shape)} and "
                              f"{tuple(alphas_reduce.shape)} are not the two matrices of a cell")
-        real = [o for o, name in enumerate(primitives) if name != "none"]
+        relaxation = Softmax() if relaxation is None else relaxation
+        space = darts_space(num_nodes, multiplier, primitives)
+        return cls.from_strengths(space, {"normal": relaxation.strengths(alphas_normal),
+                                          "reduce": relaxation.strengths(alphas_reduce)}, k, m)
+
+    @classmethod
+    def from_strengths(cls, space: CellSpace, strengths: Dict[str, torch.Tensor], k: int = 3,
+                       m: int = 3) -> EdgeSpace:
+        """The pruned space of a DARTS-shaped ``space`` from the relaxation's strengths of each
+        cell type (``ArchitectureParameters.strengths()``), walked edge by edge as
+        ``space`` walks them."""
+        _check_k_m(k, m)
+        if space.cell_types != CELLS or space.num_inputs != 2 or space.keep != 2:
+            raise ValueError("the pruned edge space needs a DARTS-shaped space (normal and "
+                             "reduce cells, two inputs, two edges kept per node)")
+        real = [o for o, name in enumerate(space.ops) if name not in space.never_derived]
         cells = {}
-        for cell, alphas in zip(CELLS, (alphas_normal, alphas_reduce)):
-            weights = _softmax(alphas)[:, real].tolist()
-            nodes, start = [], 0
-            for i in range(num_nodes):
-                block = weights[start:start + i + 2]
+        for cell in CELLS:
+            weights = strengths[cell][:, real].tolist()
+            nodes = []
+            for i in range(space.num_nodes):
+                block = weights[space.rows(i)]
                 inputs = _ranked([max(row) for row in block], k)
-                ops = tuple(tuple(primitives[real[o]] for o in _ranked(block[j], m))
+                ops = tuple(tuple(space.ops[real[o]] for o in _ranked(block[j], m))
                             for j in inputs)
                 nodes.append(EdgeNode(tuple(inputs), ops))
-                start += i + 2
             cells[cell] = nodes
-        return cls(cells, multiplier)
+        return cls(cells, space.multiplier)
 
     @classmethod
     def full(cls, num_nodes: int = 4, multiplier: Optional[int] = None,

@@ -40,8 +40,8 @@ INSTALL_HINT = 'fastnas tune needs Optuna: pip install -e ".[tune]"'
 # genotypes (the ENAS space widens to hold them; the DARTS space holds the derived cell by
 # construction).
 SPACES: Dict[str, Callable[[Any, TuneConfig, List[Genotype]], Any]] = {
-    "darts": lambda opt, cfg, include: EdgeSpace.from_alphas(
-        *opt.arch_parameters(), k=cfg.k, m=cfg.m, multiplier=opt.model.multiplier),
+    "darts": lambda opt, cfg, include: EdgeSpace.from_strengths(
+        opt.model.space, opt.model.arch.strengths(), k=cfg.k, m=cfg.m),
     "enas": lambda opt, cfg, include: DecisionSpace.from_controller(
         opt, cfg.k, cfg.m, cfg.enas_samples, cfg.seed, include),
 }

@@ -1,0 +1,23 @@
+"""The space layer, between the ops and the supernets: what is searched, apart from how.
+
+- ``cell``: ``CellSpace``, a cell search space as data (ops, inputs, nodes, edges kept by
+  derivation): the one edge walk of the code base, and derivation from strengths;
+- ``relaxation``: how alphas become mixing weights (per phase), the strengths every consumer
+  reads, and an optional penalty on the validation loss (``Softmax``: DARTS);
+- ``parameters``: ``ArchitectureParameters``, the alphas of every cell type as one module.
+"""
+from .cell import CellSpace, Edge, darts_space
+from .parameters import ArchitectureParameters, attach_state_dict_names
+from .relaxation import (
+    ARCHITECTURE,
+    EVALUATION,
+    PHASES,
+    WEIGHTS,
+    Relaxation,
+    Softmax,
+    check_phase,
+)
+
+__all__ = ["ARCHITECTURE", "ArchitectureParameters", "CellSpace", "EVALUATION", "Edge", "PHASES",
+           "Relaxation", "Softmax", "WEIGHTS", "attach_state_dict_names", "check_phase",
+           "darts_space"]

@@ -1,0 +1,97 @@
+"""The architecture parameters of a supernet as one module.
+
+``ArchitectureParameters(space, relaxation)`` owns one alpha matrix per cell type of the space,
+registered as ``alphas_<type>`` (DARTS: ``alphas_normal``, ``alphas_reduce``, each
+``[num_edges, len(ops)]``, initialized ``1e-3 * randn`` in that order), and the relaxation that
+turns them into mixing weights. It keeps the phase (``fastnas.space.relaxation``) the next
+forward passes run in: the architect runs its passes inside ``phase(ARCHITECTURE)``; a module
+in eval mode mixes in the ``EVALUATION`` phase.
+
+A supernet holds it as its ``arch`` submodule and names the alphas in its ``state_dict`` without
+that prefix (``attach_state_dict_names``), so checkpoints, the paper's checkpoints and the
+paper-equivalence keep their ``alphas_normal`` / ``alphas_reduce`` keys.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.nn as nn
+
+from .cell import CellSpace
+from .relaxation import EVALUATION, WEIGHTS, Relaxation, Softmax, check_phase
+
+
+class ArchitectureParameters(nn.Module):
+    """The alphas of every cell type, the relaxation and the current phase."""
+
+    def __init__(self, space: CellSpace, relaxation: Optional[Relaxation] = None):
+        super().__init__()
+        self.space = space
+        self.relaxation = Softmax() if relaxation is None else relaxation
+        self.cell_types = space.cell_types
+        self.current_phase = WEIGHTS
+        for t in self.cell_types:
+            self.register_parameter(f"alphas_{t}", nn.Parameter(1e-3 * torch.randn(space.shape)))
+
+    def alphas(self) -> List[nn.Parameter]:
+        """The alpha matrices, in cell-type order."""
+        return [getattr(self, f"alphas_{t}") for t in self.cell_types]
+
+    def by_type(self) -> Dict[str, torch.Tensor]:
+        return {t: getattr(self, f"alphas_{t}") for t in self.cell_types}
+
+    @contextlib.contextmanager
+    def phase(self, phase: str) -> Iterator[None]:
+        """Forward passes inside run in ``phase`` (training mode; eval mode is ``EVALUATION``)."""
+        before, self.current_phase = self.current_phase, check_phase(phase)
+        try:
+            yield
+        finally:
+            self.current_phase = before
+
+    def mixing(self, training: bool = True) -> Dict[str, torch.Tensor]:
+        """``{cell type: relaxation.weights(alphas, phase)}`` for one forward pass."""
+        phase = self.current_phase if training else EVALUATION
+        return {t: self.relaxation.weights(a, phase) for t, a in self.by_type().items()}
+
+    def strengths(self) -> Dict[str, torch.Tensor]:
+        """``{cell type: relaxation.strengths(alphas)}``: what derivation, the alpha history,
+        the plots and tune read."""
+        return {t: self.relaxation.strengths(a) for t, a in self.by_type().items()}
+
+    def penalty(self) -> Optional[torch.Tensor]:
+        """The relaxation's term on the validation loss, or None."""
+        return self.relaxation.penalty(self.by_type())
+
+    def derive(self):
+        """The space's architecture from the current strengths."""
+        return self.space.derive(self.strengths())
+
+
+def attach_state_dict_names(module: nn.Module, child: str = "arch") -> None:
+    """``module.state_dict()`` names ``child.alphas_*`` as ``alphas_*`` and ``load_state_dict``
+    reads them back under that name (see the module docstring)."""
+    inner = f"{child}.alphas_"
+
+    def save(mod, state, prefix, local_metadata) -> None:
+        # The module's own keys are the last ones so far; put the alphas first among them, where
+        # a module's own parameters go (the order of checkpoints written before this layer).
+        section = [(k, state.pop(k)) for k in [k for k in state if k.startswith(prefix)]]
+        for key, value in section:
+            if key.startswith(prefix + inner):
+                state[prefix + key[len(prefix) + len(child) + 1:]] = value
+        for key, value in section:
+            if not key.startswith(prefix + inner):
+                state[key] = value
+
+    def load(mod, state, prefix, *args):
+        for key in [k for k in state if k.startswith(prefix + "alphas_")]:
+            state[prefix + f"{child}." + key[len(prefix):]] = state.pop(key)
+
+    module.register_state_dict_post_hook(save)
+    module.register_load_state_dict_pre_hook(load)
+
+
+__all__ = ["ArchitectureParameters", "attach_state_dict_names"]
