@@ -2,9 +2,12 @@
 and checkpoints that say what they are.
 
 - ``save_atomic`` writes through ``path.tmp`` and ``os.replace`` (atomic on POSIX and Windows):
-  a process killed mid-write leaves the previous file intact. A write that fails (disk full:
-  ``torch.save`` raises ``RuntimeError``; permissions: ``OSError``) removes the temporary file
-  and raises ``CheckpointWriteError`` naming the path and the cause.
+  a process killed mid-write leaves the previous file intact. A write that fails (disk full,
+  permissions) removes the temporary file and raises ``CheckpointWriteError`` naming the path
+  and the cause; a full disk is named "disk full". ``torch.save`` writes into a file object
+  opened here, so the operating system's ENOSPC reaches us (given a path, torch's own writer
+  reports it as "unexpected pos"). ``write_file_atomic`` does the same for any writer (figures,
+  traces, CSV).
 - ``save_checkpoint`` keeps two generations: the new state becomes ``checkpoint.pt`` and the one
   it replaces ``checkpoint.prev.pt``. ``load_latest`` reads the newest readable one: a corrupt
   latest falls back to the previous with a one-line warning.
@@ -15,11 +18,13 @@ and checkpoints that say what they are.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import pickle
 import re
+import warnings
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
@@ -34,6 +39,8 @@ MARKER = "fastnas_checkpoint"
 # -- writing --------------------------------------------------------------------------------------
 def _cause(error: BaseException) -> str:
     """A short cause: the OS's words, or the first line of torch's without its source location."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full ({error.strerror or 'no space left on device'})"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -60,9 +67,32 @@ def _write(path: str, write: Callable[[str], None], replace: Callable[[str], Non
         raise
 
 
+def _torch_save(obj: Any, tmp: str) -> None:
+    with open(tmp, "wb") as f:  # a file object: the OS's error (ENOSPC) is what torch raises
+        torch.save(obj, f)
+
+
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` through ``path.tmp``."""
-    _write(path, lambda tmp: torch.save(obj, tmp), lambda tmp: os.replace(tmp, path))
+    _write(path, lambda tmp: _torch_save(obj, tmp), lambda tmp: os.replace(tmp, path))
+
+
+def write_file_atomic(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` writes the whole file at ``tmp``; it becomes ``path`` by one rename, or
+    ``CheckpointWriteError`` (one line, "disk full" for ENOSPC) with no file left behind. A
+    ``path`` that is an existing folder is refused before anything is written."""
+    if os.path.isdir(path):
+        raise CheckpointWriteError(f"cannot write {path}: it is a folder")
+    _write(path, write, lambda tmp: os.replace(tmp, path))
+
+
+def write_text_atomic(text: str, path: str) -> None:
+    """``text`` into ``path`` (UTF-8) through ``write_file_atomic``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    write_file_atomic(path, write)
 
 
 def previous_path(path: str) -> str:
@@ -79,7 +109,7 @@ def save_checkpoint(obj: Any, path: str) -> None:
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
 
-    _write(path, lambda tmp: torch.save(obj, tmp), replace)
+    _write(path, lambda tmp: _torch_save(obj, tmp), replace)
 
 
 def write_json_atomic(data: Any, path: str) -> None:
@@ -122,7 +152,9 @@ def load_checkpoint(path: str) -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU; an unreadable file is a UserError
     (never a suggestion to load it with ``weights_only=False``)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a foreign pickle: the one
+            warnings.simplefilter("ignore")  # line below says what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # truncated or foreign files raise many types; all mean "unreadable"
@@ -245,4 +277,4 @@ class Resumable:
 
 __all__ = ["FORMAT_VERSION", "Resumable", "check_kind", "check_tensors_fit", "describe",
            "load_checkpoint", "load_latest", "previous_path", "save_atomic", "save_checkpoint",
-           "to_jsonable", "write_json_atomic"]
+           "to_jsonable", "write_file_atomic", "write_json_atomic", "write_text_atomic"]

@@ -33,6 +33,7 @@ from .checkpoint import write_json_atomic
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
 from .interrupts import handle_termination
+from .limits import CPUS, MAX_THREADS, MAX_WORKERS
 from .paper import convert_paper_checkpoint
 from .pipeline import (
     SEARCH_METHODS,
@@ -80,9 +81,6 @@ def _number(low: float, high: Optional[float] = None, low_open=False, high_open=
 positive_int = _integer(1, "positive")
 non_negative_int = _integer(0, "non-negative")
 EXIT = {"ok": 0, "os": 1, "usage": 2, "nonfinite": 3, "SIGINT": 130, "SIGTERM": 143}
-CPUS = os.cpu_count() or 1
-MAX_THREADS = 4 * CPUS   # oversubscribing the cores further only thrashes
-MAX_WORKERS = max(8, 2 * CPUS)   # each loader worker is a process holding a copy of the data
 
 
 def _bounded(high: int, what: str) -> Callable[[str], int]:
@@ -471,8 +469,8 @@ def _add_profile_command(sub) -> None:
     g.add_argument("--trace", metavar="FILE",
                    help="also write a torch.profiler Chrome trace of the timed steps")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
-    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="PyTorch CPU threads (default: PyTorch's own)")
+    g.add_argument("--threads", type=_bounded(MAX_THREADS, "threads"), default=None, metavar="N",
+                   help=f"PyTorch CPU threads (default: PyTorch's own; at most {MAX_THREADS} here)")
     p.set_defaults(handler=_cmd_profile)
 
 

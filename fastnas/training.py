@@ -32,6 +32,7 @@ from .engine import (
 )
 from .errors import UserError
 from .genotypes import Genotype
+from .limits import check_network, check_sizes
 from .networks import NetworkCIFAR
 from .reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 
@@ -63,6 +64,15 @@ class TrainConfig(LoopConfig):
     seed: int = integer(0, low=0)
     device: str = device("auto")
     sync_bn: bool = flag(False)
+
+    def validate(self) -> None:
+        check_sizes(self.layers, self.channels, 0, self.num_classes, self.in_channels)
+
+    def check_network(self, genotype: Genotype) -> None:
+        """ValueError unless the network of ``genotype`` at these settings is within
+        ``fastnas.limits`` (before it is built)."""
+        check_network(self.channels, self.layers, genotype.num_nodes, 2 * genotype.num_nodes,
+                      num_classes=self.num_classes, in_channels=self.in_channels)
 
 
 # -- cost of a network ----------------------------------------------------------------------------
@@ -131,6 +141,7 @@ class FinalTrainer:
         if cfg.sync_bn and self.device.type != "cuda":
             raise ValueError("sync_bn (SyncBatchNorm) runs on CUDA devices only, not on "
                              f"{self.device}")
+        cfg.check_network(genotype)
         self.model = NetworkCIFAR(cfg.channels, cfg.num_classes, cfg.layers, cfg.auxiliary,
                                   genotype, in_channels=cfg.in_channels).to(self.device)
         # Under torchrun: DistributedDataParallel averages the gradients (bucketed, overlapped
@@ -352,6 +363,7 @@ def load_model(path: str, device: str = "cpu") -> Tuple[NetworkCIFAR, Genotype, 
     try:
         genotype = Genotype.parse(state["genotype"])
         config = TrainConfig.from_dict(dict(state["config"], device=device))
+        config.check_network(genotype)
         model = NetworkCIFAR(config.channels, config.num_classes, config.layers, config.auxiliary,
                              genotype, in_channels=config.in_channels)
         check_tensors_fit(model, state["model"], path)
