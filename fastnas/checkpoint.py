@@ -77,12 +77,21 @@ def save_atomic(obj: Any, path: str) -> None:
     _write(path, lambda tmp: _torch_save(obj, tmp), lambda tmp: os.replace(tmp, path))
 
 
+def check_writable(path: str) -> None:
+    """CheckpointWriteError (one line) if ``path`` cannot be a file we write: it is a folder,
+    or its folder does not exist. For writes that come after minutes of work."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CheckpointWriteError(f"cannot write {path}: it is a folder")
+    if not os.path.isdir(folder):
+        raise CheckpointWriteError(f"cannot write {path}: the folder {folder} does not exist")
+
+
 def write_file_atomic(path: str, write: Callable[[str], None]) -> None:
     """``write(tmp)`` writes the whole file at ``tmp``; it becomes ``path`` by one rename, or
     ``CheckpointWriteError`` (one line, "disk full" for ENOSPC) with no file left behind. A
     ``path`` that is an existing folder is refused before anything is written."""
-    if os.path.isdir(path):
-        raise CheckpointWriteError(f"cannot write {path}: it is a folder")
+    check_writable(path)
     _write(path, write, lambda tmp: os.replace(tmp, path))
 
 
@@ -275,6 +284,7 @@ class Resumable:
         return obj
 
 
-__all__ = ["FORMAT_VERSION", "Resumable", "check_kind", "check_tensors_fit", "describe",
-           "load_checkpoint", "load_latest", "previous_path", "save_atomic", "save_checkpoint",
-           "to_jsonable", "write_file_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["FORMAT_VERSION", "Resumable", "check_kind", "check_tensors_fit", "check_writable",
+           "describe", "load_checkpoint", "load_latest", "previous_path", "save_atomic",
+           "save_checkpoint", "to_jsonable", "write_file_atomic", "write_json_atomic",
+           "write_text_atomic"]

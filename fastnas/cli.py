@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from . import __version__, data, distributed, profiling
-from .checkpoint import write_json_atomic
+from .checkpoint import check_writable, write_json_atomic
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
 from .interrupts import handle_termination
@@ -407,6 +407,9 @@ def _add_plot_command(sub) -> None:
 def _cmd_profile(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    for path in (args.json, args.trace):
+        if path is not None:  # before minutes of profiling, not after
+            check_writable(path)
     try:
         device = str(resolve_device(args.device))
     except (RuntimeError, ValueError) as e:
@@ -424,11 +427,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     print(profiling.format_table(reports))
     for report in reports:
         print(f"\nsupernet {report.supernet}: {profiling.format_breakdown(report)}")
-    if args.json:
+    if args.json is not None:
         write_json_atomic({"settings": dict(config, **sizes),
                            "rows": [r.to_dict() for r in reports]}, args.json)
         print(f"\ntable as JSON: {args.json}")
-    if args.trace:
+    if args.trace is not None:
         profiling.trace_search_steps(config, args.trace, **sizes)
         print(f"torch.profiler trace of {args.steps} step(s): {args.trace} "
               "(open in ui.perfetto.dev)")

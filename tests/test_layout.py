@@ -169,8 +169,9 @@ def test_the_tree_shows_the_layers():
     """No module of the fused supernet at the top of fastnas/; the layer packages hold them."""
     top = sorted(n[:-3] for n in os.listdir(FASTNAS) if n.endswith(".py"))
     assert top == ["__init__", "__main__", "checkpoint", "cli", "config", "console", "data",
-                   "distributed", "engine", "errors", "genotypes", "interrupts", "networks",
-                   "paper", "pipeline", "profiling", "reproducibility", "training"]
+                   "distributed", "engine", "errors", "genotypes", "interrupts", "limits",
+                   "networks", "paper", "pipeline", "profiling", "reproducibility", "runfiles",
+                   "training"]
     for package, parts in (("ops", {"primitives", "plan"}),
                            ("ops/functional", {"batch_norm", "conv_blocks", "depthwise",
                                                "grad_edges", "list_op", "node_sum", "pointwise"}),
@@ -179,6 +180,6 @@ def test_the_tree_shows_the_layers():
                            ("darts", {"architect", "config", "optimizer", "precision"}),
                            ("reports", {"alphas", "cells", "extras", "figures", "plots",
                                         "tensorboard"}),
-                           ("tune", {"config", "objective", "space", "stage", "study"})):
+                           ("tune", {"config", "objective", "space", "stage", "storage", "study"})):
         names = {n[:-3] for n in os.listdir(os.path.join(FASTNAS, package)) if n.endswith(".py")}
         assert names - {"__init__"} == parts, package
