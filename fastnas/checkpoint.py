@@ -262,7 +262,10 @@ def check_tensors_fit(module: torch.nn.Module, tensors: Mapping[str, torch.Tenso
 
 class Resumable:
     """``save`` / ``load`` for an object whose ``state_dict()`` holds its ``config`` and which
-    is rebuilt by ``cls(config)`` then ``load_state_dict(state)`` (the search optimizers)."""
+    is rebuilt by ``cls(config)`` then ``load_state_dict(state)`` (the search optimizers).
+    ``checkpoint_kind`` is the ``(kind, method)`` its files carry (``describe``)."""
+
+    checkpoint_kind: Tuple[str, Optional[str]] = ("search", None)
 
     def save(self, path: str) -> None:
         """Write ``state_dict()`` atomically (temp file, then rename)."""
@@ -274,6 +277,7 @@ class Resumable:
         replace config keys (e.g. ``device``). A file of another kind, or whose tensors do not
         fit its config, raises a ValueError naming the file."""
         state = load_checkpoint(path)
+        check_kind(state, *cls.checkpoint_kind, source=path)  # the command line's words
         if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
             raise ValueError(f"{path} is not a fastnas checkpoint")
         obj = cls(dict(state["config"], **overrides))

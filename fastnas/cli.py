@@ -50,14 +50,17 @@ from .tune import PRUNERS, SAMPLERS, SPACES, tune_stage
 
 
 # -- argument types -------------------------------------------------------------------------------
-def _integer(low: int, what: str) -> Callable[[str], int]:
+def _integer(low: int, what: str = "") -> Callable[[str], int]:
+    """An integer >= ``low``; ``what`` names the range in words ("positive"), else ">= low"."""
+    wanted = f"a {what} integer" if what else f"an integer >= {low}"
+
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text) if len(text) <= 30 else None
         except ValueError:
             value = None
         if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text[:40]!r}")
         return value
     return parse
 
@@ -349,7 +352,7 @@ def _add_tune_command(sub) -> None:
                        non_negative_int, metavar="N", help=f"fresh search: {what}")
     g.add_argument("--order", type=int, choices=(1, 2), default=None,
                    help="fresh DARTS search: first (1, default) or second order")
-    g.add_argument("--top-k", dest="k", type=_integer(2, "at least 2"), metavar="K",
+    g.add_argument("--top-k", dest="k", type=_integer(2), metavar="K",
                    help="incoming edges (DARTS) or inputs (ENAS) kept per node (3)")
     g.add_argument("--top-m", dest="m", type=positive_int, metavar="M",
                    help="ops kept per edge (DARTS) or per node (ENAS), none excluded (3)")
@@ -371,7 +374,7 @@ def _add_tune_command(sub) -> None:
                         "are failed and retried (10)")
     g = p.add_argument_group("each trial (digits: 5 epochs, 3 cells, 8 channels, batch 64)")
     g.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs")
-    g.add_argument("--layers", type=_integer(3, "at least 3"), metavar="L", help="cells")
+    g.add_argument("--layers", type=_integer(3), metavar="L", help="cells")
     g.add_argument("--channels", type=positive_int, metavar="C", help="initial channels")
     g.add_argument("--batch-size", type=positive_int, metavar="B", help="batch size")
     g.add_argument("--learning-rate", type=_number(0, low_open=True, high=None), metavar="LR",
@@ -516,7 +519,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resume_command(argv: List[str]) -> str:
-    return shlex.join(["fastnas", *argv] + ([] if "--resume" in argv else ["--resume"]))
+    """The command that resumes: the same one plus ``--resume``; under torchrun, with the
+    ``torchrun`` prefix and its process counts (from torchrun's environment)."""
+    prefix = ["fastnas"]
+    if distributed.launched() is not None:
+        env = os.environ
+        prefix = ["torchrun"]
+        if env.get("GROUP_WORLD_SIZE", "1") != "1":
+            prefix.append(f"--nnodes={env['GROUP_WORLD_SIZE']}")
+        prefix += [f"--nproc_per_node={env.get('LOCAL_WORLD_SIZE', env['WORLD_SIZE'])}",
+                   "-m", "fastnas"]
+    return shlex.join([*prefix, *argv] + ([] if "--resume" in argv else ["--resume"]))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -3,8 +3,9 @@
 A run folder holds ``metrics.json`` (every stage), ``alphas.json`` (a search) and
 ``genotype.json``; a file that is missing, too large (``MAX_RUN_JSON_BYTES``), not UTF-8, not
 JSON, nested absurdly deep, or whose values have the wrong types is refused with one line naming
-the file and the first value that is wrong (``metrics.json: history[0].train_loss: expected a
-number or null, got 'abc'``). Inner code then trusts the shapes declared here.
+the file and the first value that is wrong (``metrics.json is not a fastnas metrics file:
+history[0].train_loss: expected a finite number, got 'abc'``). Inner code then trusts the
+shapes declared here.
 
 A schema is built from a few parts, each a callable ``check(value, where)`` that raises
 ``SchemaError``: ``NUMBER``, ``INT``, ``STR``, ``BOOL``, ``ANY``, ``nullable(s)``,
@@ -35,7 +36,11 @@ def _show(value: Any) -> str:
 
 def _expect(ok: bool, where: str, what: str, value: Any) -> None:
     if not ok:
-        raise SchemaError(f"{where}: expected {what}, got {_show(value)}")
+        raise SchemaError(f"{where or 'the top level'}: expected {what}, got {_show(value)}")
+
+
+def _key(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def NUMBER(value: Any, where: str) -> None:  # noqa: N802 (schema constants read as types)
@@ -88,11 +93,11 @@ def obj(required: Mapping[str, Schema], optional: Mapping[str, Schema] = None) -
         _expect(isinstance(value, dict), where, "an object", value)
         for key, schema in required.items():
             if key not in value:
-                raise SchemaError(f"{where}: the key {key!r} is missing")
-            schema(value[key], f"{where}.{key}")
+                raise SchemaError(f"{where or 'the top level'}: the key {key!r} is missing")
+            schema(value[key], _key(where, key))
         for key, schema in optional.items():
             if key in value:
-                schema(value[key], f"{where}.{key}")
+                schema(value[key], _key(where, key))
     return check
 
 
@@ -141,7 +146,7 @@ def read_checked(path: str, schema: Schema, what: str) -> Any:
     """``read_json(path)`` validated by ``schema``; one UserError line naming the bad value."""
     data = read_json(path, what)
     try:
-        schema(data, os.path.basename(path))
+        schema(data, "")
     except SchemaError as e:
         raise UserError(f"{path} is not a {what}: {e}") from None
     except RecursionError:

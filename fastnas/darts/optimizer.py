@@ -48,6 +48,8 @@ class DARTSOptimizer(Resumable):
     ``evaluate(loader)`` (the supernet's loss and accuracy), like ``ENASOptimizer``.
     """
 
+    checkpoint_kind = ("search", "darts")
+
     def __init__(self, config: Union[Mapping[str, Any], DARTSConfig, None] = None):
         self.config = DARTSConfig.from_dict(config)
         cfg = self.config
