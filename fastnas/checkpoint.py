@@ -274,17 +274,26 @@ class Resumable:
     @classmethod
     def load(cls, path: str, **overrides):
         """Rebuild from a file written by ``save`` (a ``weights_only`` load); ``overrides``
-        replace config keys (e.g. ``device``). A file of another kind, or whose tensors do not
-        fit its config, raises a ValueError naming the file."""
+        replace config keys (e.g. ``device``). A file of another kind, whose config is not
+        valid, whose tensors do not fit its config, or whose values have the wrong types raises
+        a ValueError naming the file (one line)."""
         state = load_checkpoint(path)
         check_kind(state, *cls.checkpoint_kind, source=path)  # the command line's words
         if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
             raise ValueError(f"{path} is not a fastnas checkpoint")
-        obj = cls(dict(state["config"], **overrides))
+        try:
+            obj = cls(dict(state["config"], **overrides))
+        except (TypeError, ValueError) as e:  # the config's own checks: one line each
+            raise ValueError(f"{path}: {e}") from None
         try:
             obj.load_state_dict(state)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+        except (TypeError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+            # a value of the wrong type inside a state of the right kind: a damaged file
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise ValueError(f"{path} holds a damaged {cls.__name__} state "
+                             f"({type(e).__name__}: {first})") from None
         return obj
 
 

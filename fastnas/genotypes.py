@@ -72,6 +72,9 @@ def _check_cell(kind: str, edges: Sequence[Edge], concat: Sequence[int]) -> None
 
 def _as_edges(kind: str, edges: Iterable) -> Tuple[Edge, ...]:
     out = []
+    if isinstance(edges, (str, bytes, dict)) or not hasattr(edges, "__iter__"):
+        raise ValueError(f"{kind}: expected a list of (op, input) pairs, got "
+                         f"{type(edges).__name__}")
     for item in edges:
         try:
             op, index = item

@@ -212,6 +212,7 @@ def test_the_readme_driver_advice_installs_the_module_sqlalchemy_imports():
     ("postgresql://:pw0rd@host/db", "pw0rd"),
     ("postgresql://host/db?user=u&password=pw0rd", "pw0rd"),
     ("mysql+pymysql://u:p:w?x@host:3306/db", "p:w?x"),
+    ("postgresql://u:a@b@host/db", "a@b"),
     ("postgresql://u@host/db?sslmode=require&PASSWORD=pw0rd", "pw0rd"),
 ])
 def test_passwords_are_redacted_in_every_url_form(url, secret, tmp_path, capsys):

@@ -5,8 +5,9 @@ This module imports neither Optuna nor SQLAlchemy: it recognises their exception
 command line can use it before (and without) them.
 
 - ``redact(url)``: the password replaced by ``***`` in every form a URL carries one:
-  ``scheme://user:PASSWORD@host`` (the password may hold ``/``, ``:`` or ``?``; the user may be
-  empty) and ``?password=`` / ``&passwd=`` / ``&pwd=`` query parameters.
+  ``scheme://user:PASSWORD@host`` (the password may hold ``/``, ``:``, ``?`` or ``@``: all up to
+  the last ``@`` is hidden; the user may be empty) and ``?password=`` / ``&passwd=`` /
+  ``&pwd=`` query parameters.
 - ``check_url(url)``: a UserError for a URL tune cannot use: not a storage URL, an in-memory
   SQLite database (``sqlite://``, ``sqlite:///``, ``:memory:``: nothing would be kept), a journal
   whose folder is missing or whose file is not an Optuna journal (binary, or not JSON lines).
@@ -37,7 +38,7 @@ DRIVERS = {
     "asyncpg": "pip install asyncpg",
     "pg8000": "pip install pg8000",
 }
-_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)([^:/@]*):([^@]*)@")
+_USERINFO = re.compile(r"^([\w+.-]*://)([^:/@]*):(.*)@")  # greedy: to the last "@"
 _QUERY_SECRET = re.compile(r"([?&](?:password|passwd|pwd|secret|token)=)([^&#]*)", re.I)
 _MEMORY = re.compile(r"^sqlite(\+\w+)?://(/(:memory:)?)?(\?.*)?$|^sqlite.*[?&]mode=memory")
 _JOURNAL_PROBE = 1 << 16
@@ -58,16 +59,16 @@ def _check_journal(url: str) -> None:
     path = journal_path(url)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise UserError(f"--storage {url}: folder {folder} does not exist")
+        raise UserError(f"--storage {redact(url)}: folder {folder} does not exist")
     if os.path.isdir(path):
-        raise UserError(f"--storage {url}: {path} is a folder, not a journal file")
+        raise UserError(f"--storage {redact(url)}: {path} is a folder, not a journal file")
     try:
         with open(path, "rb") as f:
             head = f.read(_JOURNAL_PROBE)
     except FileNotFoundError:
         return
     except OSError as e:
-        raise UserError(f"--storage {url}: cannot read {path}: {e.strerror or e}") from None
+        raise UserError(f"--storage {redact(url)}: cannot read {path}: {e.strerror or e}") from None
     if not head:
         return
     first = head.split(b"\n", 1)[0]
@@ -77,8 +78,8 @@ def _check_journal(url: str) -> None:
     except (UnicodeDecodeError, ValueError, RecursionError):
         ok = False
     if not ok or b"\x00" in head:
-        raise UserError(f"--storage {url}: {path} is not an Optuna journal (its first line is "
-                        "not a JSON object); name a new file or the journal of the study")
+        raise UserError(f"--storage {redact(url)}: {path} is not an Optuna journal (its first "
+                        "line is not a JSON object); name a new file or the journal of the study")
 
 
 def check_url(url: str) -> None:
@@ -95,10 +96,10 @@ def check_url(url: str) -> None:
     if url.startswith("sqlite"):
         path = url.split("://", 1)[1][1:].split("?", 1)[0]
         if path and os.path.isdir(path):
-            raise UserError(f"--storage {url}: {path} is a folder, not a database file")
+            raise UserError(f"--storage {redact(url)}: {path} is a folder, not a database file")
         folder = os.path.dirname(os.path.abspath(path)) if path else ""
         if path and not os.path.isdir(folder):
-            raise UserError(f"--storage {url}: folder {folder} does not exist")
+            raise UserError(f"--storage {redact(url)}: folder {folder} does not exist")
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:
