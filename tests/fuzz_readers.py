@@ -58,15 +58,17 @@ def hostile(rng: random.Random):
         "x" * rng.randint(1, 200_000), [[0.1] * 8] * 3, ["skip_connect", 0], [["none", 99]],
     ]
     value = rng.choice(choices)
-    if rng.random() < 0.05:
+    if rng.random() < 0.05:  # deep nesting: as a value (the file nests it) or as text
         depth = rng.randint(100, 5000)
-        value = json.loads("[" * depth + "]" * depth) if depth < 900 else "[" * depth
+        value = json.loads("[" * depth + "]" * depth) if depth < 400 else "[" * depth
     return value
 
 
 def paths_of(value, prefix=()):
-    """Every (path) inside a JSON value, containers included."""
+    """Every (path) inside a JSON value, containers included (20 levels at most)."""
     yield prefix
+    if len(prefix) >= 20:
+        return
     if isinstance(value, dict):
         for k, v in value.items():
             yield from paths_of(v, prefix + (k,))
@@ -76,7 +78,7 @@ def paths_of(value, prefix=()):
 
 
 def mutate_json(value, rng: random.Random):
-    value = copy.deepcopy(value)
+    value = copy.deepcopy(value)  # the valid base; hostile values are fresh, never copied
     for _ in range(rng.randint(1, 3)):
         paths = list(paths_of(value))
         path = rng.choice(paths)
@@ -89,7 +91,7 @@ def mutate_json(value, rng: random.Random):
         if action < 0.15 and isinstance(parent, dict):
             parent.pop(path[-1], None)
         elif action < 0.25 and isinstance(parent, list):
-            parent.extend([copy.deepcopy(parent[path[-1]])] * rng.randint(1, 20_000))
+            parent.extend([parent[path[-1]]] * rng.randint(1, 20_000))
         else:
             parent[path[-1]] = hostile(rng)
     return value

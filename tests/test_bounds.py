@@ -57,13 +57,13 @@ def test_a_stride_0_stem_claiming_50000_channels_is_refused(tmp_path):
     ({"num_classes": 10 ** 9}, "num_classes must be <= 100000"),
 ])
 def test_the_python_api_and_the_cli_refuse_the_same_sizes_with_the_same_words(config, message,
-                                                                                capsys):
+                                                                                capsys, tmp_path):
     with pytest.raises(ValueError) as raised:
         DARTSOptimizer(config)
     assert message in str(raised.value)
     if set(config) <= {"layers", "channels"}:
         flags = [f for k, v in config.items() for f in (f"--{k}", str(v))]
-        assert cli.main(["search", *flags, "--output", "unused"]) == 2
+        assert cli.main(["search", *flags, "--output", str(tmp_path / "o")]) == 2
         assert capsys.readouterr().err.strip() == f"fastnas: error: {raised.value}"
 
 

@@ -37,6 +37,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from ..checkpoint import write_file_atomic
 from ..errors import NonFiniteError, UserError
 from ..genotypes import Genotype
 from .config import TuneConfig
@@ -144,10 +145,21 @@ def open_storage(url: Optional[str], heartbeat: int = 10, attempts: int = 5):
                      else {"pool_pre_ping": True})
     for attempt in range(attempts):
         try:
-            with _quiet_experimental():
-                return optuna.storages.RDBStorage(
+            with _quiet_experimental(), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                storage = optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                     grace_period=2 * heartbeat, heartbeat_stale_trial_callback=_retry)
+            for w in caught:  # SQLAlchemy ignoring part of the URL is an error, not a warning
+                if issubclass(w.category, optuna.exceptions.ExperimentalWarning):
+                    continue  # what _quiet_experimental silences
+                text = str(w.message).splitlines()[0]
+                if "are not accepted by" in text:
+                    raise UserError(f"--storage {redact(url)}: {text.split(';')[0]}")
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            return storage
+        except UserError:
+            raise
         except ImportError as e:  # a database driver (psycopg, pymysql) is missing
             raise explain(e, url) from None
         except Exception as e:  # sqlalchemy's errors: a concurrent creation, or a bad URL
@@ -323,12 +335,14 @@ def trial_row(trial: FrozenTrial) -> Dict[str, Any]:
 def write_trials_csv(study: optuna.Study, path: str) -> List[Dict[str, Any]]:
     """Every trial of the study, one row each, written atomically; returns the rows."""
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=TRIAL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=TRIAL_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_file_atomic(path, write)
     return rows
 
 
