@@ -522,7 +522,7 @@ def _resume_command(argv: List[str]) -> str:
     """The command that resumes: the same one plus ``--resume``; under torchrun, with the
     ``torchrun`` prefix and its process counts (from torchrun's environment)."""
     prefix = ["fastnas"]
-    if distributed.launched() is not None:
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
         env = os.environ
         prefix = ["torchrun"]
         if env.get("GROUP_WORLD_SIZE", "1") != "1":

@@ -80,6 +80,8 @@ def paths_of(value, prefix=()):
 def mutate_json(value, rng: random.Random):
     value = copy.deepcopy(value)  # the valid base; hostile values are fresh, never copied
     for _ in range(rng.randint(1, 3)):
+        if len(json.dumps(value)) > 8_000_000:  # the generator's own bound on a file's size
+            break
         paths = list(paths_of(value))
         path = rng.choice(paths)
         if not path:
@@ -90,8 +92,12 @@ def mutate_json(value, rng: random.Random):
         action = rng.random()
         if action < 0.15 and isinstance(parent, dict):
             parent.pop(path[-1], None)
-        elif action < 0.25 and isinstance(parent, list):
-            parent.extend([parent[path[-1]]] * rng.randint(1, 20_000))
+        elif action < 0.25 and isinstance(parent, list) and len(parent) < 1000:
+            # many copies of one item, the file kept under ~8 MB (the generator's own bound)
+            # (copies, not references, so that a later mutation changes one of them)
+            text = json.dumps(parent[path[-1]])
+            count = rng.randint(1, max(1, min(20_000, 8_000_000 // (len(text) + 2))))
+            parent.extend(json.loads(text) for _ in range(count))
         else:
             parent[path[-1]] = hostile(rng)
     return value
