@@ -43,6 +43,9 @@ setup(
         # fastnas tune: Bayesian optimization over the pruned cell space (Optuna's GP sampler
         # uses torch and scipy).
         "tune": ["optuna>=4.9", "scipy"],
+        # --storage postgresql://...: SQLAlchemy 2.1 reads such URLs with psycopg 3 (the module
+        # psycopg), not psycopg2.
+        "postgres": ["psycopg[binary]>=3.1"],
         # ruff and import-linter: the lint and the layer contracts the tests and CI run; the
         # optional dependencies, for their tests; pytest-xdist runs the test files in parallel
         # (on 2 cores the suite takes about 0.6x the serial time).

@@ -2,9 +2,12 @@
 and checkpoints that say what they are.
 
 - ``save_atomic`` writes through ``path.tmp`` and ``os.replace`` (atomic on POSIX and Windows):
-  a process killed mid-write leaves the previous file intact. A write that fails (disk full:
-  ``torch.save`` raises ``RuntimeError``; permissions: ``OSError``) removes the temporary file
-  and raises ``CheckpointWriteError`` naming the path and the cause.
+  a process killed mid-write leaves the previous file intact. A write that fails (disk full,
+  permissions) removes the temporary file and raises ``CheckpointWriteError`` naming the path
+  and the cause; a full disk is named "disk full". ``torch.save`` writes into a file object
+  opened here, so the operating system's ENOSPC reaches us (given a path, torch's own writer
+  reports it as "unexpected pos"). ``write_file_atomic`` does the same for any writer (figures,
+  traces, CSV).
 - ``save_checkpoint`` keeps two generations: the new state becomes ``checkpoint.pt`` and the one
   it replaces ``checkpoint.prev.pt``. ``load_latest`` reads the newest readable one: a corrupt
   latest falls back to the previous with a one-line warning.
@@ -15,11 +18,13 @@ and checkpoints that say what they are.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import pickle
 import re
+import warnings
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
@@ -34,6 +39,8 @@ MARKER = "fastnas_checkpoint"
 # -- writing --------------------------------------------------------------------------------------
 def _cause(error: BaseException) -> str:
     """A short cause: the OS's words, or the first line of torch's without its source location."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"disk full ({error.strerror or 'no space left on device'})"
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     text = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -60,9 +67,41 @@ def _write(path: str, write: Callable[[str], None], replace: Callable[[str], Non
         raise
 
 
+def _torch_save(obj: Any, tmp: str) -> None:
+    with open(tmp, "wb") as f:  # a file object: the OS's error (ENOSPC) is what torch raises
+        torch.save(obj, f)
+
+
 def save_atomic(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` through ``path.tmp``."""
-    _write(path, lambda tmp: torch.save(obj, tmp), lambda tmp: os.replace(tmp, path))
+    _write(path, lambda tmp: _torch_save(obj, tmp), lambda tmp: os.replace(tmp, path))
+
+
+def check_writable(path: str) -> None:
+    """CheckpointWriteError (one line) if ``path`` cannot be a file we write: it is a folder,
+    or its folder does not exist. For writes that come after minutes of work."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CheckpointWriteError(f"cannot write {path}: it is a folder")
+    if not os.path.isdir(folder):
+        raise CheckpointWriteError(f"cannot write {path}: the folder {folder} does not exist")
+
+
+def write_file_atomic(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` writes the whole file at ``tmp``; it becomes ``path`` by one rename, or
+    ``CheckpointWriteError`` (one line, "disk full" for ENOSPC) with no file left behind. A
+    ``path`` that is an existing folder is refused before anything is written."""
+    check_writable(path)
+    _write(path, write, lambda tmp: os.replace(tmp, path))
+
+
+def write_text_atomic(text: str, path: str) -> None:
+    """``text`` into ``path`` (UTF-8) through ``write_file_atomic``."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    write_file_atomic(path, write)
 
 
 def previous_path(path: str) -> str:
@@ -79,7 +118,7 @@ def save_checkpoint(obj: Any, path: str) -> None:
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
 
-    _write(path, lambda tmp: torch.save(obj, tmp), replace)
+    _write(path, lambda tmp: _torch_save(obj, tmp), replace)
 
 
 def write_json_atomic(data: Any, path: str) -> None:
@@ -122,7 +161,9 @@ def load_checkpoint(path: str) -> Any:
     """``torch.load(path, weights_only=True)`` onto the CPU; an unreadable file is a UserError
     (never a suggestion to load it with ``weights_only=False``)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a foreign pickle: the one
+            warnings.simplefilter("ignore")  # line below says what matters
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # truncated or foreign files raise many types; all mean "unreadable"
@@ -221,7 +262,10 @@ def check_tensors_fit(module: torch.nn.Module, tensors: Mapping[str, torch.Tenso
 
 class Resumable:
     """``save`` / ``load`` for an object whose ``state_dict()`` holds its ``config`` and which
-    is rebuilt by ``cls(config)`` then ``load_state_dict(state)`` (the search optimizers)."""
+    is rebuilt by ``cls(config)`` then ``load_state_dict(state)`` (the search optimizers).
+    ``checkpoint_kind`` is the ``(kind, method)`` its files carry (``describe``)."""
+
+    checkpoint_kind: Tuple[str, Optional[str]] = ("search", None)
 
     def save(self, path: str) -> None:
         """Write ``state_dict()`` atomically (temp file, then rename)."""
@@ -230,19 +274,30 @@ class Resumable:
     @classmethod
     def load(cls, path: str, **overrides):
         """Rebuild from a file written by ``save`` (a ``weights_only`` load); ``overrides``
-        replace config keys (e.g. ``device``). A file of another kind, or whose tensors do not
-        fit its config, raises a ValueError naming the file."""
+        replace config keys (e.g. ``device``). A file of another kind, whose config is not
+        valid, whose tensors do not fit its config, or whose values have the wrong types raises
+        a ValueError naming the file (one line)."""
         state = load_checkpoint(path)
+        check_kind(state, *cls.checkpoint_kind, source=path)  # the command line's words
         if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
             raise ValueError(f"{path} is not a fastnas checkpoint")
-        obj = cls(dict(state["config"], **overrides))
+        try:
+            obj = cls(dict(state["config"], **overrides))
+        except (TypeError, ValueError) as e:  # the config's own checks: one line each
+            raise ValueError(f"{path}: {e}") from None
         try:
             obj.load_state_dict(state)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
+        except (TypeError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+            # a value of the wrong type inside a state of the right kind: a damaged file
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise ValueError(f"{path} holds a damaged {cls.__name__} state "
+                             f"({type(e).__name__}: {first})") from None
         return obj
 
 
-__all__ = ["FORMAT_VERSION", "Resumable", "check_kind", "check_tensors_fit", "describe",
-           "load_checkpoint", "load_latest", "previous_path", "save_atomic", "save_checkpoint",
-           "to_jsonable", "write_json_atomic"]
+__all__ = ["FORMAT_VERSION", "Resumable", "check_kind", "check_tensors_fit", "check_writable",
+           "describe", "load_checkpoint", "load_latest", "previous_path", "save_atomic",
+           "save_checkpoint", "to_jsonable", "write_file_atomic", "write_json_atomic",
+           "write_text_atomic"]

@@ -29,11 +29,12 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from . import __version__, data, distributed, profiling
-from .checkpoint import write_json_atomic
+from .checkpoint import check_writable, write_json_atomic
 from .config import STAGES, read_config_file
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
 from .interrupts import handle_termination
+from .limits import CPUS, MAX_THREADS, MAX_WORKERS
 from .nb201 import resolve_cell
 from .paper import convert_paper_checkpoint
 from .pipeline import (
@@ -52,14 +53,17 @@ from .tune.tabular import TABULAR_STRATEGIES, parse_objective, tabular_stage
 
 
 # -- argument types -------------------------------------------------------------------------------
-def _integer(low: int, what: str) -> Callable[[str], int]:
+def _integer(low: int, what: str = "") -> Callable[[str], int]:
+    """An integer >= ``low``; ``what`` names the range in words ("positive"), else ">= low"."""
+    wanted = f"a {what} integer" if what else f"an integer >= {low}"
+
     def parse(text: str) -> int:
         try:
-            value = int(text)
+            value = int(text) if len(text) <= 30 else None
         except ValueError:
             value = None
         if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be a {what} integer, got {text!r}")
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text[:40]!r}")
         return value
     return parse
 
@@ -83,9 +87,6 @@ def _number(low: float, high: Optional[float] = None, low_open=False, high_open=
 positive_int = _integer(1, "positive")
 non_negative_int = _integer(0, "non-negative")
 EXIT = {"ok": 0, "os": 1, "usage": 2, "nonfinite": 3, "SIGINT": 130, "SIGTERM": 143}
-CPUS = os.cpu_count() or 1
-MAX_THREADS = 4 * CPUS   # oversubscribing the cores further only thrashes
-MAX_WORKERS = max(8, 2 * CPUS)   # each loader worker is a process holding a copy of the data
 
 
 def _bounded(high: int, what: str) -> Callable[[str], int]:
@@ -429,7 +430,7 @@ def _add_tune_command(sub) -> None:
                        non_negative_int, metavar="N", help=f"fresh search: {what}")
     g.add_argument("--order", type=int, choices=(1, 2), default=None,
                    help="fresh DARTS search: first (1, default) or second order")
-    g.add_argument("--top-k", dest="k", type=_integer(2, "at least 2"), metavar="K",
+    g.add_argument("--top-k", dest="k", type=_integer(2), metavar="K",
                    help="incoming edges (DARTS) or inputs (ENAS) kept per node (3)")
     g.add_argument("--top-m", dest="m", type=positive_int, metavar="M",
                    help="ops kept per edge (DARTS) or per node (ENAS), none excluded (3)")
@@ -454,7 +455,7 @@ def _add_tune_command(sub) -> None:
                         "are failed and retried (10)")
     g = p.add_argument_group("each trial (digits: 5 epochs, 3 cells, 8 channels, batch 64)")
     g.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs")
-    g.add_argument("--layers", type=_integer(3, "at least 3"), metavar="L", help="cells")
+    g.add_argument("--layers", type=_integer(3), metavar="L", help="cells")
     g.add_argument("--channels", type=positive_int, metavar="C", help="initial channels")
     g.add_argument("--batch-size", type=positive_int, metavar="B", help="batch size")
     g.add_argument("--learning-rate", type=_number(0, low_open=True, high=None), metavar="LR",
@@ -528,6 +529,9 @@ def _add_plot_command(sub) -> None:
 def _cmd_profile(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
+    for path in (args.json, args.trace):
+        if path is not None:  # before minutes of profiling, not after
+            check_writable(path)
     try:
         device = str(resolve_device(args.device))
     except (RuntimeError, ValueError) as e:
@@ -545,11 +549,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     print(profiling.format_table(reports))
     for report in reports:
         print(f"\nsupernet {report.supernet}: {profiling.format_breakdown(report)}")
-    if args.json:
+    if args.json is not None:
         write_json_atomic({"settings": dict(config, **sizes),
                            "rows": [r.to_dict() for r in reports]}, args.json)
         print(f"\ntable as JSON: {args.json}")
-    if args.trace:
+    if args.trace is not None:
         profiling.trace_search_steps(config, args.trace, **sizes)
         print(f"torch.profiler trace of {args.steps} step(s): {args.trace} "
               "(open in ui.perfetto.dev)")
@@ -590,8 +594,8 @@ def _add_profile_command(sub) -> None:
     g.add_argument("--trace", metavar="FILE",
                    help="also write a torch.profiler Chrome trace of the timed steps")
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda[:N]")
-    g.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="PyTorch CPU threads (default: PyTorch's own)")
+    g.add_argument("--threads", type=_bounded(MAX_THREADS, "threads"), default=None, metavar="N",
+                   help=f"PyTorch CPU threads (default: PyTorch's own; at most {MAX_THREADS} here)")
     p.set_defaults(handler=_cmd_profile)
 
 
@@ -634,7 +638,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _resume_command(argv: List[str]) -> str:
-    return shlex.join(["fastnas", *argv] + ([] if "--resume" in argv else ["--resume"]))
+    """The command that resumes: the same one plus ``--resume``; under torchrun, with the
+    ``torchrun`` prefix and its process counts (from torchrun's environment)."""
+    prefix = ["fastnas"]
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # launched by torchrun
+        env = os.environ
+        prefix = ["torchrun"]
+        if env.get("GROUP_WORLD_SIZE", "1") != "1":
+            prefix.append(f"--nnodes={env['GROUP_WORLD_SIZE']}")
+        prefix += [f"--nproc_per_node={env.get('LOCAL_WORLD_SIZE', env['WORLD_SIZE'])}",
+                   "-m", "fastnas"]
+    return shlex.join([*prefix, *argv] + ([] if "--resume" in argv else ["--resume"]))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

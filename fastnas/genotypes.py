@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from .checkpoint import write_json_atomic
+from .limits import MAX_FILE_BYTES, MAX_NODES
 from .ops import OPS
 
 Edge = Tuple[str, int]
-MAX_FILE_BYTES = 1 << 20  # an architecture file is a few hundred bytes; refuse anything huge
 
 
 def read_architecture_file(path: str, what: str = "genotype") -> str:
@@ -52,6 +52,9 @@ def _check_cell(kind: str, edges: Sequence[Edge], concat: Sequence[int]) -> None
     if len(edges) == 0 or len(edges) % 2:
         raise ValueError(f"{kind}: a cell needs two (op, input) pairs per node, got "
                          f"{len(edges)} pairs")
+    if len(edges) > 2 * MAX_NODES:
+        raise ValueError(f"{kind}: {len(edges) // 2} nodes; a cell has at most {MAX_NODES} "
+                         "(fastnas.limits.MAX_NODES)")
     for position, (op, index) in enumerate(edges):
         node = position // 2
         if op not in OPS:
@@ -73,6 +76,9 @@ def _check_cell(kind: str, edges: Sequence[Edge], concat: Sequence[int]) -> None
 
 def _as_edges(kind: str, edges: Iterable) -> Tuple[Edge, ...]:
     out = []
+    if isinstance(edges, (str, bytes, dict)) or not hasattr(edges, "__iter__"):
+        raise ValueError(f"{kind}: expected a list of (op, input) pairs, got "
+                         f"{type(edges).__name__}")
     for item in edges:
         try:
             op, index = item
@@ -132,6 +138,8 @@ class Genotype:
         """
         if not isinstance(text, str):
             raise ValueError(f"genotype text must be a string, got {type(text).__name__}")
+        if len(text) > MAX_FILE_BYTES:
+            raise ValueError(f"genotype text of {len(text)} characters; at most {MAX_FILE_BYTES}")
         return cls(**_Parser(text).genotype())
 
     # -- JSON ---------------------------------------------------------------------------------

@@ -114,11 +114,13 @@ def unwrap(checkpoint: Any) -> Dict[str, torch.Tensor]:
 def paper_to_fastnas(model: nn.Module, state_dict: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
     """``state_dict`` (the paper's names) renamed for ``model``; ValueError naming every key that
     fits no rule or no tensor of ``model``, and every shape that differs."""
+    state_dict = unwrap(state_dict)
+    check_tensors(state_dict)
     modules = dict(model.named_modules())
     own = model.state_dict()
     renamed: Dict[str, torch.Tensor] = {}
     problems: List[str] = []
-    for key, tensor in unwrap(state_dict).items():
+    for key, tensor in state_dict.items():
         try:
             name = fastnas_name(key, modules)
         except KeyError as e:
@@ -161,13 +163,55 @@ def load_paper_state_dict(model: nn.Module, state_dict: Mapping[str, Any]) -> Li
 
 
 # -- the converter --------------------------------------------------------------------------------
+_CELL = re.compile(r"^cells\.(\d{1,9})\.")
+
+
+def check_tensors(state: Mapping[str, torch.Tensor]) -> None:
+    """ValueError naming the first tensor that no real checkpoint holds: one whose shape claims
+    more values than its storage has (an expanded, stride-0 or overlapping view: the shape is
+    what sizes the network, so it must be backed by the file), or one with a NaN or Inf."""
+    for key, tensor in state.items():
+        needed = tensor.numel() * tensor.element_size()
+        stored = tensor.untyped_storage().nbytes() - tensor.storage_offset() * tensor.element_size()
+        if tensor.numel() and (stored < needed or any(
+                stride == 0 and size > 1 for stride, size in zip(tensor.stride(), tensor.shape))):
+            raise ValueError(f"{key} claims shape {tuple(tensor.shape)} but its storage holds "
+                             f"{max(stored, 0) // tensor.element_size()} values (an expanded or "
+                             "overlapping view, which no checkpoint of the paper holds)")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{key} holds NaN or Inf values")
+
+
 def network_shape(state: Mapping[str, torch.Tensor]) -> Tuple[int, int, int, int, bool]:
     """``(C, num_classes, layers, in_channels, auxiliary)`` of a paper ``NetworkCIFAR``
-    state_dict (its stem has ``3 C`` channels)."""
-    stem = state["stem.0.weight"]
-    cells = {int(k.split(".")[1]) for k in state if k.startswith("cells.")}
-    return (stem.shape[0] // 3, state["classifier.weight"].shape[0], max(cells) + 1,
-            stem.shape[1], any(k.startswith("auxiliary_head.") for k in state))
+    state_dict (its stem has ``3 C`` channels). Every size is checked against the tensors that
+    carry it before anything is built: the stem is a ``[3 C, in, k, k]`` convolution, the
+    classifier a ``[classes, features]`` matrix, and the cells are numbered ``0 .. layers - 1``
+    with tensors for each (a key ``cells.100000000.*`` does not make 10^8 cells). ValueError
+    naming the first that is not so."""
+    stem, classifier = state["stem.0.weight"], state["classifier.weight"]
+    if stem.dim() != 4 or stem.shape[0] == 0 or stem.shape[0] % 3 or stem.shape[1] == 0:
+        raise ValueError(f"stem.0.weight has shape {tuple(stem.shape)}; the paper's stem is a "
+                         "[3 C, in_channels, 3, 3] convolution")
+    if classifier.dim() != 2 or classifier.shape[0] < 2:
+        raise ValueError(f"classifier.weight has shape {tuple(classifier.shape)}; expected "
+                         "[classes >= 2, features]")
+    cells = set()
+    for key in state:
+        m = _CELL.match(key)
+        if key.startswith("cells.") and m is None:
+            raise ValueError(f"{key} is no tensor of a numbered cell (cells.N.*)")
+        if m is not None:
+            cells.add(int(m.group(1)))
+    if not cells:
+        raise ValueError("it holds no cells.* tensors")
+    layers = max(cells) + 1
+    if len(cells) != layers:
+        missing = next(i for i in range(layers) if i not in cells)  # at most len(cells) steps
+        raise ValueError(f"it holds tensors for {len(cells)} cells numbered up to {layers - 1}; "
+                         f"cell {missing} has none")
+    return (stem.shape[0] // 3, classifier.shape[0], layers, stem.shape[1],
+            any(k.startswith("auxiliary_head.") for k in state))
 
 
 def convert_paper_checkpoint(source: str, target: str, genotype: Genotype) -> Dict[str, Any]:
@@ -187,9 +231,14 @@ def convert_paper_checkpoint(source: str, target: str, genotype: Genotype) -> Di
     if "stem.0.weight" not in state or "classifier.weight" not in state:
         raise UserError(f"{source} is not a checkpoint of the paper's NetworkCIFAR "
                         "(no stem.0.weight or classifier.weight)")
-    C, num_classes, layers, in_channels, auxiliary = network_shape(state)
-    config = TrainConfig(channels=C, num_classes=num_classes, layers=layers,
-                         in_channels=in_channels, auxiliary=auxiliary, device="cpu")
+    try:  # every claimed size is checked before the network is built
+        check_tensors(state)
+        C, num_classes, layers, in_channels, auxiliary = network_shape(state)
+        config = TrainConfig(channels=C, num_classes=num_classes, layers=layers,
+                             in_channels=in_channels, auxiliary=auxiliary, device="cpu")
+        config.check_network(genotype)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{source} is not a checkpoint fastnas can convert: {e}") from None
     model = NetworkCIFAR(C, num_classes, layers, auxiliary, genotype, in_channels=in_channels)
     try:
         load_paper_state_dict(model, state)
@@ -203,5 +252,5 @@ def convert_paper_checkpoint(source: str, target: str, genotype: Genotype) -> Di
             "in_channels": in_channels, "auxiliary": auxiliary}
 
 
-__all__ = ["convert_paper_checkpoint", "fastnas_name", "load_paper_state_dict",
+__all__ = ["check_tensors", "convert_paper_checkpoint", "fastnas_name", "load_paper_state_dict",
            "network_shape", "paper_to_fastnas", "unwrap"]

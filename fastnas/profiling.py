@@ -34,7 +34,9 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import check_writable, write_file_atomic
 from .darts import DARTSConfig, DARTSOptimizer
+from .limits import MAX_IMAGE_SIZE, check_at_most
 from .ops import PRIMITIVES
 from .supernet import stages
 
@@ -204,6 +206,7 @@ def search_step(config: Union[DARTSConfig, Mapping[str, Any], None] = None,
     synthetic batch of ``image_size`` square images; ``optimizer.step(batch, batch)`` is one
     search step (train = validation batch)."""
     cfg = DARTSConfig.from_dict(config if config is not None else {})
+    check_at_most("image_size", image_size, MAX_IMAGE_SIZE)
     if batch_size is not None:
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     opt = DARTSOptimizer(cfg)
@@ -265,7 +268,10 @@ def profile_supernets(config: Mapping[str, Any], batch_size: Optional[int] = Non
 def trace_search_steps(config: Mapping[str, Any], path: str, batch_size: Optional[int] = None,
                        image_size: int = 32, warmup: int = 1, steps: int = 3) -> None:
     """A ``torch.profiler`` Chrome trace of ``steps`` search steps (after ``warmup``), written
-    to ``path``; open it in Perfetto (ui.perfetto.dev) or chrome://tracing."""
+    to ``path`` atomically (temp file, then rename); open it in Perfetto (ui.perfetto.dev) or
+    chrome://tracing. A ``path`` whose folder does not exist, or that is a folder, is refused
+    before the steps run (``CheckpointWriteError``, one line)."""
+    check_writable(path)
     opt, batch = search_step(config, batch_size, image_size)
     for _ in range(warmup):
         opt.step(batch, batch)
@@ -278,7 +284,7 @@ def trace_search_steps(config: Mapping[str, Any], path: str, batch_size: Optiona
                 opt.step(batch, batch)
             if opt.device.type == "cuda":
                 torch.cuda.synchronize(opt.device)
-    prof.export_chrome_trace(path)
+    write_file_atomic(path, prof.export_chrome_trace)
 
 
 def _settings(r: MemoryReport) -> str:

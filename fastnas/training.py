@@ -33,7 +33,8 @@ from .engine import (
 )
 from .errors import UserError
 from .genotypes import Genotype
-from .nb201 import NB201Cell, NB201Network
+from .limits import check_network, check_sizes
+from .nb201 import NB201_EDGES, NB201Cell, NB201Network
 from .networks import NetworkCIFAR
 from .reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 
@@ -67,6 +68,25 @@ class TrainConfig(LoopConfig):
     seed: int = integer(0, low=0)
     device: str = device("auto")
     sync_bn: bool = flag(False)
+
+    def validate(self) -> None:
+        check_sizes(self.layers, self.channels, 0, self.num_classes, self.in_channels)
+
+    def check_network(self, architecture: Union[Genotype, NB201Cell]) -> None:
+        """ValueError unless the network of ``architecture`` at these settings is within
+        ``fastnas.limits`` (before it is built): a DARTS genotype's cells keep two edges per
+        node; an NB201 network has three stages of ``layers`` cells of 6 edges (3 nodes)."""
+        if isinstance(architecture, NB201Cell):
+            nodes = len({target for target, _ in NB201_EDGES})
+            check_network(self.channels, self.layers, nodes, len(NB201_EDGES),
+                          num_classes=self.num_classes, in_channels=self.in_channels)
+            check_network(self.channels, 3 * self.layers, nodes, len(NB201_EDGES),
+                          num_classes=self.num_classes, in_channels=self.in_channels,
+                          layers_name="3 x layers (the NB201 network's cells)")
+            return
+        check_network(self.channels, self.layers, architecture.num_nodes,
+                      2 * architecture.num_nodes, num_classes=self.num_classes,
+                      in_channels=self.in_channels)
 
 
 # -- cost of a network ----------------------------------------------------------------------------
@@ -117,7 +137,9 @@ def count_multiply_adds(model: nn.Module, input_shape: Sequence[int]) -> int:
 # -- the network of an architecture ---------------------------------------------------------------
 def build_network(architecture: Union[Genotype, NB201Cell], cfg: TrainConfig) -> nn.Module:
     """``NetworkCIFAR`` of a DARTS genotype, or ``NB201Network`` (C = ``channels``, N =
-    ``layers``) of an NB201 cell; a ValueError for settings the network does not have."""
+    ``layers``) of an NB201 cell; a ValueError for settings the network does not have or sizes
+    past ``fastnas.limits`` (checked before anything is built)."""
+    cfg.check_network(architecture)
     if isinstance(architecture, NB201Cell):
         if cfg.auxiliary or cfg.drop_path_prob:
             raise ValueError("the NB201 network has no auxiliary head and no drop path; set "

@@ -23,6 +23,7 @@ Faults hook the library's own functions in this process only, so the code under 
 code that runs in production. In-process tests call ``install(fault, monkeypatch.setattr)`` so
 that the hooks are undone after the test (the kills need a process of their own).
 """
+import errno
 import os
 import signal
 import sys
@@ -103,14 +104,13 @@ def install(fault: str, patch=setattr) -> None:
     real_save, real_replace = checkpoint.torch.save, checkpoint.os.replace
 
     def save(obj, path, *args, **kwargs):
-        is_checkpoint = str(path).endswith("checkpoint.pt.tmp")
+        # fastnas hands torch.save a file object it opened (so that the OS's ENOSPC reaches it)
+        is_checkpoint = str(getattr(path, "name", path)).endswith("checkpoint.pt.tmp")
         if is_checkpoint:
             counts["write"] += 1
             if kind == "disk-full" and counts["write"] == at:
-                with open(path, "wb") as f:  # a partial file, as a full disk leaves it
-                    f.write(b"PK\x03\x04partial")
-                raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos "
-                                   "6528 vs 6416")
+                path.write(b"PK\x03\x04partial")  # a partial file, as a full disk leaves it
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_save(obj, path, *args, **kwargs)
         if is_checkpoint and kind == "kill-write" and counts["write"] == at:
             die()

@@ -173,7 +173,8 @@ def test_the_tree_shows_the_layers():
     top = sorted(n[:-3] for n in os.listdir(FASTNAS) if n.endswith(".py"))
     assert top == ["__init__", "__main__", "checkpoint", "cli", "config", "console", "data",
                    "distributed", "engine", "errors", "genotypes", "image_folder", "interrupts",
-                   "networks", "paper", "pipeline", "profiling", "reproducibility", "training"]
+                   "limits", "networks", "paper", "pipeline", "profiling", "reproducibility",
+                   "runfiles", "training"]
     for package, parts in (("ops", {"primitives", "plan"}),
                            ("ops/functional", {"batch_norm", "conv_blocks", "depthwise",
                                                "grad_edges", "list_op", "node_sum", "pointwise"}),
@@ -182,7 +183,8 @@ def test_the_tree_shows_the_layers():
                            ("darts", {"architect", "config", "optimizer", "precision"}),
                            ("reports", {"alphas", "cells", "extras", "figures", "plots",
                                         "tensorboard"}),
-                           ("tune", {"config", "objective", "space", "stage", "study", "tabular"}),
+                           ("tune", {"config", "objective", "space", "stage", "storage", "study",
+                                     "tabular"}),
                            ("nb201", {"cell", "network", "table"})):
         names = {n[:-3] for n in os.listdir(os.path.join(FASTNAS, package)) if n.endswith(".py")}
         assert names - {"__init__"} == parts, package

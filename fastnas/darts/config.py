@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import LoopConfig, choice, device, flag, integer, number
+from ..limits import SUPERNET_EDGE_WEIGHTS, check_network, supernet_edges
 from ..supernet import SUPERNETS
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
@@ -69,6 +70,9 @@ class DARTSConfig(LoopConfig):
             self.supernet = LEGACY_BACKENDS[self.backend][0]
 
     def validate(self) -> None:
+        check_network(self.channels, self.layers, self.num_nodes, supernet_edges(self.num_nodes),
+                      SUPERNET_EDGE_WEIGHTS, "the DARTS supernet", self.num_classes,
+                      self.in_channels)
         if self.compile and self.checkpointing:
             raise ValueError("compile=True with checkpointing=True is not supported: the "
                              "recomputed cells would break the compiled graph; use one of them")

@@ -54,6 +54,8 @@ class DARTSOptimizer(Resumable):
     ``ENASOptimizer``.
     """
 
+    checkpoint_kind = ("search", "darts")
+
     def __init__(self, config: Union[Mapping[str, Any], DARTSConfig, None] = None, *,
                  space: Optional[CellSpace] = None, relaxation: Optional[Relaxation] = None,
                  loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import LoopConfig, check_int, choice, device, integer, number
+from ..limits import MACRO_LAYER_WEIGHTS, SUPERNET_EDGE_WEIGHTS, check_network, supernet_edges
 
 SEARCH_SPACES = ("micro", "macro")
 
@@ -87,7 +88,14 @@ class ENASConfig(LoopConfig):
     def validate(self) -> None:
         if self.search_space == "micro":
             check_int("num_layers", self.num_layers, low=3)
-        elif self.channels % 2:
+            check_network(self.channels, self.num_layers, self.num_nodes,
+                          supernet_edges(self.num_nodes), SUPERNET_EDGE_WEIGHTS,
+                          "the ENAS micro supernet", self.num_classes, self.in_channels,
+                          "num_layers")
+            return
+        check_network(self.channels, self.num_layers, 1, 1, MACRO_LAYER_WEIGHTS,
+                      "the ENAS macro network", self.num_classes, self.in_channels, "num_layers")
+        if self.channels % 2:
             raise ValueError(f"channels must be even in the macro space (factorized reductions "
                              f"halve it), got {self.channels}")
 

@@ -82,6 +82,8 @@ class ENASOptimizer(Resumable):
     ``DARTSOptimizer``.
     """
 
+    checkpoint_kind = ("search", "enas")
+
     def __init__(self, config: Union[Mapping[str, Any], ENASConfig, None] = None):
         self.config = ENASConfig.from_dict(config)
         cfg = self.config

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
+from ..checkpoint import write_text_atomic
 from ..enas.macro import MACRO_OPS
 from ..enas.micro import MICRO_OPS
+from ..limits import MAX_LAYERS, MAX_NODES, MAX_OPTIONS, MAX_PANELS, check_at_most
+from ..runfiles import read_alphas
 from ..space import CellSpace, darts_space
 
 FORMAT = 1
@@ -78,6 +80,8 @@ class AlphaHistory:
         """From a search's history records (tensors or lists) and its config (a dict); a DARTS
         search over another space than the config's DARTS space passes its ``space``. Records
         written before the weights were recorded (none of their keys) are left out."""
+        for key, limit in (("num_nodes", MAX_NODES), ("num_layers", MAX_LAYERS)):
+            check_at_most(f"config {key}", config.get(key), limit)
         if method == "darts":
             if space is None:
                 space = darts_space(int(config.get("num_nodes", 4)))
@@ -100,7 +104,25 @@ class AlphaHistory:
         return out
 
     def check(self) -> None:
-        """ValueError unless every epoch has one distribution per panel, of its options' size."""
+        """ValueError unless every epoch has one distribution per panel, of its options' size,
+        and the panels fit their grid: at most ``MAX_PANELS`` of at most ``MAX_OPTIONS``
+        options; in each group, rows and columns below the group's panel count and at most
+        twice as many grid places as panels (so the figure is sized by the panels, not by a
+        row number)."""
+        if not 1 <= len(self.panels) <= MAX_PANELS:
+            raise ValueError(f"{len(self.panels)} panels, expected 1 to {MAX_PANELS}")
+        for group in self.groups():
+            panels = [p for p in self.panels if p.group == group]
+            rows = 1 + max(p.row for p in panels)
+            cols = 1 + max(p.col for p in panels)
+            if min(min(p.row, p.col) for p in panels) < 0 or rows * cols > 2 * len(panels):
+                raise ValueError(f"group {group!r}: {len(panels)} panels on a {rows} x {cols} "
+                                 f"grid; rows and columns are 0-based and the grid has at most "
+                                 f"twice as many places as panels")
+        for panel in self.panels:
+            if not 1 <= len(panel.options) <= MAX_OPTIONS:
+                raise ValueError(f"{panel.group} {panel.title}: {len(panel.options)} options, "
+                                 f"expected 1 to {MAX_OPTIONS}")
         if len(self.weights) != len(self.epochs):
             raise ValueError(f"{len(self.epochs)} epochs but {len(self.weights)} weight rows")
         for epoch, row in zip(self.epochs, self.weights):
@@ -119,18 +141,14 @@ class AlphaHistory:
         head = {"format": FORMAT, "method": self.method, "what": self.what,
                 "panels": [asdict(p) for p in self.panels], "epochs": self.epochs}
         lines = ",\n ".join(json.dumps(w, separators=(",", ":")) for w in self.weights)
-        text = json.dumps(head)[:-1] + ',\n "weights": [\n ' + lines + "]}\n"
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_text_atomic(json.dumps(head)[:-1] + ',\n "weights": [\n ' + lines + "]}\n", path)
 
     @classmethod
     def read(cls, path: str) -> AlphaHistory:
-        """Read ``alphas.json``; ValueError naming the file if it is not one."""
+        """Read ``alphas.json``: a UserError naming the file if it is no JSON of the right types
+        (``fastnas.runfiles.ALPHAS``), a ValueError naming it if its sizes do not agree."""
+        data = read_alphas(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
             if data.get("format") != FORMAT:
                 raise ValueError(f"format {data.get('format')!r}, expected {FORMAT}")
             panels = [Panel(str(p["group"]), int(p["row"]), int(p["col"]), str(p["title"]),

@@ -31,9 +31,17 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height))
 
 
+def plain(text: Any) -> str:
+    """``text`` (from a run's files) as literal matplotlib text: every ``$`` escaped, so no
+    mathtext is parsed from user data (a ``$\\frac{$`` in a dataset name stays those
+    characters)."""
+    return str(text).replace("$", r"\$")
+
+
 def _display(title: str) -> str:
-    """A panel title for matplotlib: cell inputs as math (``c_{k-2}``), arrows as arrows."""
-    return re.sub(r"c_\{k-(\d)\}", r"$c_{k-\1}$", title).replace(" -> ", " \u2192 ")
+    """A panel title for matplotlib: literal text (``plain``) but the cell inputs as math
+    (``c_{k-2}``), arrows as arrows."""
+    return re.sub(r"c_\{k-(\d)\}", r"$c_{k-\1}$", plain(title)).replace(" -> ", " \u2192 ")
 
 
 def _integer_epochs(ax) -> None:
@@ -93,13 +101,15 @@ def alphas_figure(history: AlphaHistory):
             if panel.options != common:
                 ax.legend(fontsize=5, loc="best", frameon=False, handlelength=1.2)
             if panel.col == 0:
-                ax.set_ylabel(f"{group}\nnode {panel.row}" if group in ("normal", "reduce")
-                              else group, fontsize=7)
+                label = (f"{group}\nnode {panel.row}" if group in ("normal", "reduce")
+                         else group)
+                ax.set_ylabel(plain(label), fontsize=7)
         first_row += shape[group][0]
-    fig.suptitle(f"{history.what}, over {len(epochs)} epoch(s)", fontsize=10,
+    fig.suptitle(plain(f"{history.what}, over {len(epochs)} epoch(s)"), fontsize=10,
                  y=1 - 0.15 / (1.45 * rows + 1.5))
-    fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=len(handles),
-               fontsize=7, frameon=False, bbox_to_anchor=(0.5, 1 - 0.45 / (1.45 * rows + 1.5)))
+    fig.legend(list(handles.values()), [_display(h) for h in handles], loc="upper center",
+               ncol=len(handles), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.45 / (1.45 * rows + 1.5)))
     fig.supxlabel("epoch", fontsize=8)
     return fig
 
@@ -163,9 +173,9 @@ def _finish(fig, axes, title: str):
         ax.set_xlabel("epoch", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3, linewidth=0.5)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(plain(title), fontsize=11)
     fig.tight_layout()
     return fig
 
 
-__all__ = ["alphas_figure", "controller_figure", "curves_figure", "option_styles"]
+__all__ = ["alphas_figure", "controller_figure", "curves_figure", "option_styles", "plain"]

@@ -11,16 +11,23 @@ A stage folder holds ``metrics.json`` (its history); a search folder also ``alph
 ``plot_run(folder)`` plots a stage folder, or the ``search/`` and ``train/`` folders of a
 ``fastnas run`` folder. ``PlotObserver`` does it when a stage ends. The ``.dot`` files need no
 matplotlib; without it the figures are skipped with one line saying what to install.
+
+The folder's files are read by ``fastnas.runfiles`` (wrong types are one line naming the value),
+sizes are bounded by ``fastnas.limits`` (an alpha history of more than ``MAX_FIGURE_PANELS``
+panels gets no figure, and the line says so), and every file is written atomically (temp file,
+then rename): a full disk leaves no truncated figure.
 """
 from __future__ import annotations
 
-import json
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from ..checkpoint import write_file_atomic, write_text_atomic
 from ..console import log
-from ..errors import UserError
+from ..errors import CheckpointWriteError, UserError
 from ..genotypes import Genotype
+from ..limits import MAX_FIGURE_PANELS
+from ..runfiles import read_metrics
 from .alphas import AlphaHistory
 from .cells import cell_dot, cell_figure
 from .extras import MissingExtra, require
@@ -46,14 +53,6 @@ def remove_figures(out: str, keep: Sequence[str] = ()) -> None:
             os.remove(path)
 
 
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
-
-
 def _genotype(folder: str, metrics: Dict[str, Any]) -> Optional[Genotype]:
     """The stage's cell genotype (``genotype.json``, else the metrics' text), or None when the
     architecture is not a cell (an ENAS macro search)."""
@@ -63,7 +62,7 @@ def _genotype(folder: str, metrics: Dict[str, Any]) -> Optional[Genotype]:
     path = os.path.join(folder, "genotype.json")
     try:
         return Genotype.load(path) if os.path.exists(path) else Genotype.parse(text)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise UserError(f"cannot read the genotype of {folder}: {e}") from None
 
 
@@ -76,39 +75,47 @@ def alpha_history(folder: str, metrics: Optional[Dict[str, Any]] = None) -> Alph
             return AlphaHistory.read(path)
         except ValueError as e:
             raise UserError(str(e)) from None
-    metrics = metrics if metrics is not None else _read_json(os.path.join(folder, "metrics.json"))
+    metrics = metrics if metrics is not None else read_metrics(os.path.join(folder,
+                                                                            "metrics.json"))
     try:
         return AlphaHistory.from_search(metrics["method"], metrics.get("config", {}),
                                         metrics["history"])
-    except (KeyError, ValueError) as e:
+    except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{folder} has no alphas.json and its metrics.json holds no alpha "
                         f"history ({e})") from None
 
 
-def _save(fig, out: str, name: str, written: List[str]) -> None:
-    for fmt in FORMATS:
-        path = os.path.join(out, f"{name}.{fmt}")
-        fig.savefig(path, dpi=DPI)
-        written.append(path)
+def _save(draw: Callable[[], Any], source: str, out: str, name: str,
+          written: List[str]) -> None:
+    """Draw the figure and write it in each format, atomically. Data that the figure cannot be
+    drawn from is one UserError line naming the figure and the file it came from."""
+    try:
+        fig = draw()
+        for fmt in FORMATS:
+            path = os.path.join(out, f"{name}.{fmt}")
+            write_file_atomic(path, lambda tmp, fmt=fmt: fig.savefig(tmp, dpi=DPI, format=fmt))
+            written.append(path)
+    except (ArithmeticError, IndexError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"cannot draw {name} from {source}: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def plot_stage(folder: str, figures: bool = True) -> List[str]:
     """Write the stage's plots into ``folder/plots/`` and return their paths. ``figures=False``
     writes only the DOT files (no matplotlib needed); otherwise a missing matplotlib raises
     :class:`MissingExtra` after the DOT files are written."""
-    metrics = _read_json(os.path.join(folder, "metrics.json"))
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("history"), list):
-        raise UserError(f"{os.path.join(folder, 'metrics.json')} is not a fastnas metrics file")
+    metrics_path = os.path.join(folder, "metrics.json")
+    metrics = read_metrics(metrics_path)
     search = "method" in metrics
     out = os.path.join(folder, "plots")
     os.makedirs(out, exist_ok=True)
     written: List[str] = []
     genotype = _genotype(folder, metrics) if search else None
     cells = ("normal", "reduce") if genotype is not None else ()
+    genotype_source = os.path.join(folder, "genotype.json")
     for cell in cells:
         path = os.path.join(out, f"cell_{cell}.dot")
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(cell_dot(genotype, cell))
+        write_text_atomic(cell_dot(genotype, cell), path)
         written.append(path)
     if not figures:
         remove_figures(out, keep=[*written, *(p for p in _figure_files(out)
@@ -116,21 +123,26 @@ def plot_stage(folder: str, figures: bool = True) -> List[str]:
         return written
     require("matplotlib", "plotting")
     for cell in cells:
-        _save(cell_figure(genotype, cell), out, f"cell_{cell}", written)
+        _save(lambda cell=cell: cell_figure(genotype, cell), genotype_source, out,
+              f"cell_{cell}", written)
     history = metrics["history"]
     if search:
         method = metrics["method"]
         alphas = alpha_history(folder, metrics)
-        if alphas.epochs:  # a run from before the weights were recorded has none
-            _save(alphas_figure(alphas), out, "alphas", written)
+        alphas_source = os.path.join(folder, "alphas.json")
+        if len(alphas.panels) > MAX_FIGURE_PANELS:
+            log(f"alphas figure skipped: {len(alphas.panels)} panels, the figure draws at most "
+                f"{MAX_FIGURE_PANELS}")
+        elif alphas.epochs:  # a run from before the weights were recorded has none
+            _save(lambda: alphas_figure(alphas), alphas_source, out, "alphas", written)
         val = "val (controller reward)" if method == "enas" else "val"
-        _save(curves_figure(history, f"{method} search on {metrics.get('dataset')}", val),
-              out, "curves", written)
+        _save(lambda: curves_figure(history, f"{method} search on {metrics.get('dataset')}",
+                                    val), metrics_path, out, "curves", written)
         if method == "enas":
-            _save(controller_figure(history), out, "controller", written)
+            _save(lambda: controller_figure(history), metrics_path, out, "controller", written)
     else:
-        _save(curves_figure(history, f"training on {metrics.get('dataset')}"), out, "curves",
-              written)
+        _save(lambda: curves_figure(history, f"training on {metrics.get('dataset')}"),
+              metrics_path, out, "curves", written)
     remove_figures(out, keep=written)
     return written
 
@@ -167,6 +179,9 @@ class PlotObserver:
         try:
             written = plot_stage(run.output)
         except MissingExtra as e:  # the .dot files are written by then
+            log(f"plots skipped: {e}")
+            return
+        except (UserError, CheckpointWriteError) as e:  # one line already
             log(f"plots skipped: {e}")
             return
         except Exception as e:  # a figure must not cost the run its summary

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from ..config import Config, choice, flag, integer, number
+from ..limits import check_sizes
 
 SAMPLERS = ("tpe", "gp", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -65,6 +66,9 @@ class TuneConfig(Config):
     drop_path_prob: float = number(0.0, low=0, high=1, high_open=True)
     val_fraction: float = number(0.2, low=0, high=1, low_open=True, high_open=True)
     seed: int = integer(0, low=0)
+
+    def validate(self) -> None:
+        check_sizes(self.layers, self.channels)  # each trial's network (fastnas.limits)
 
     def hparams(self) -> Dict[str, float]:
         """The budget's own training hyperparameters (those ``tune_hparams`` searches)."""

@@ -30,9 +30,11 @@ from ..genotypes import Genotype
 from ..interrupts import Terminated
 from ..pipeline import SEARCH_METHODS, Interrupted, StageOptions, prepare_output, search_stage
 from ..reproducibility import resolve_device
+from ..runfiles import read_metrics
 from .config import TUNE_DEFAULTS, TuneConfig
 from .objective import TuneData, evaluate_best, make_objective
 from .space import DecisionSpace, EdgeSpace
+from .storage import check_url, storage_errors
 
 INSTALL_HINT = 'fastnas tune needs Optuna: pip install -e ".[tune]"'
 
@@ -115,10 +117,8 @@ def _search(options: StageOptions, method: Optional[str], source: Optional[str],
         return run
     folder = os.path.join(output, "search")
     metrics = os.path.join(folder, "metrics.json")
-    if os.path.exists(metrics):
-        with open(metrics, encoding="utf-8") as f:
-            if json.load(f).get("complete"):
-                return _search(options, method, folder, {}, output)
+    if os.path.exists(metrics) and read_metrics(metrics).get("complete"):
+        return _search(options, method, folder, {}, output)
     search_stage(dataclasses.replace(options, resume=True), method or "darts", search_given,
                  folder)
     return load_search(folder)
@@ -152,6 +152,8 @@ def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
     require_optuna()
     from . import study as studies
 
+    if storage is not None:  # before the search: a URL tune cannot use fails at once
+        check_url(storage)
     started = time.perf_counter()
     _check_tunable(options.dataset)
     run = _search(options, method, source, dict(search_given or {}), output)
@@ -182,40 +184,41 @@ def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
         f"{config.layers} layers x {config.channels} channels on {len(tune_data.train)} train / "
         f"{len(tune_data.val)} validation images; study {name!r} in {studies.redact(url)}")
 
-    storage_obj = studies.open_storage(url, config.heartbeat)
-    sampler = studies.make_sampler(config.sampler, config.seed, config.startup_trials)
-    pruner = studies.make_pruner(config.pruner, config.epochs, config.startup_trials)
-    settings = studies.study_settings(space, config, run.dataset, options.limit)
-    study, created = studies.open_study(
-        storage_obj, name, sampler, pruner, settings,
-        studies.warm_start_trials(space, warm, config, run.method))
-    if not created:
-        log(f"tune: continuing study {name!r} ({len(study.trials)} trial(s) so far)")
-    objective = make_objective(space, config, tune_data, device,
-                                       workers=options.workers or 0)
-    try:
-        ran = studies.run_trials(study, objective, config.trials,
-                                 on_trial=None if options.quiet else _log_trial)
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
-        finished = sum(t.state in studies.FINISHED for t in study.get_trials(deepcopy=False))
-        signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
-        how = "terminated (SIGTERM)" if signal == "SIGTERM" else "interrupted"
-        raise Interrupted(f"tune {how}; study {name!r} in {studies.redact(url)} holds "
-                          f"{finished} finished trial(s); rerun the same command to continue",
-                          resumable=False, signal=signal) from None
-    result = studies.TuneResult.of(study, ran)
-    log(f"tune: training the best trial's cell (trial {result.best_number}, validation accuracy "
-        f"{result.best_value:.4f}) again as its trial did, {config.epochs} epoch(s), then "
-        f"testing it once on the {len(tune_data.test)} test images")
-    final = evaluate_best(result.best_genotype, result.best_hparams, config, tune_data, device,
-                          options.workers or 0, progress="lines" if options.quiet else True)
-    log(f"tune: the best trial's cell, trained again: validation accuracy "
-        f"{final['val_accuracy']:.4f}, test accuracy {final['test_accuracy']:.4f} (eval mode)")
+    with storage_errors(url):  # a storage failure is one line naming its cause
+        storage_obj = studies.open_storage(url, config.heartbeat)
+        sampler = studies.make_sampler(config.sampler, config.seed, config.startup_trials)
+        pruner = studies.make_pruner(config.pruner, config.epochs, config.startup_trials)
+        settings = studies.study_settings(space, config, run.dataset, options.limit)
+        study, created = studies.open_study(
+            storage_obj, name, sampler, pruner, settings,
+            studies.warm_start_trials(space, warm, config, run.method))
+        if not created:
+            log(f"tune: continuing study {name!r} ({len(study.trials)} trial(s) so far)")
+        objective = make_objective(space, config, tune_data, device,
+                                           workers=options.workers or 0)
+        try:
+            ran = studies.run_trials(study, objective, config.trials,
+                                     on_trial=None if options.quiet else _log_trial)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
+            finished = sum(t.state in studies.FINISHED for t in study.get_trials(deepcopy=False))
+            signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+            how = "terminated (SIGTERM)" if signal == "SIGTERM" else "interrupted"
+            raise Interrupted(f"tune {how}; study {name!r} in {studies.redact(url)} holds "
+                              f"{finished} finished trial(s); rerun the same command to continue",
+                              resumable=False, signal=signal) from None
+        result = studies.TuneResult.of(study, ran)
+        log(f"tune: training the best trial's cell (trial {result.best_number}, validation "
+            f"accuracy {result.best_value:.4f}) again as its trial did, {config.epochs} "
+            f"epoch(s), then testing it once on the {len(tune_data.test)} test images")
+        final = evaluate_best(result.best_genotype, result.best_hparams, config, tune_data, device,
+                              options.workers or 0, progress="lines" if options.quiet else True)
+        log(f"tune: the best trial's cell, trained again: validation accuracy "
+            f"{final['val_accuracy']:.4f}, test accuracy {final['test_accuracy']:.4f} (eval mode)")
 
-    paths = {name: os.path.join(output, name)
-             for name in ("genotype.json", "trials.csv", "metrics.json")}
-    result.best_genotype.save(paths["genotype.json"])
-    rows = studies.write_trials_csv(study, paths["trials.csv"])
+        paths = {name: os.path.join(output, name)
+                 for name in ("genotype.json", "trials.csv", "metrics.json")}
+        result.best_genotype.save(paths["genotype.json"])
+        rows = studies.write_trials_csv(study, paths["trials.csv"])
     states = [r["state"] for r in rows]
     workers: Dict[str, int] = {}
     for r in rows:

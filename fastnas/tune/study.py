@@ -26,7 +26,6 @@ import contextlib
 import csv
 import json
 import os
-import re
 import socket
 import time
 import warnings
@@ -38,10 +37,12 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from ..checkpoint import write_file_atomic
 from ..errors import NonFiniteError, UserError
 from ..genotypes import Genotype
 from .config import TuneConfig
 from .objective import TuneData, make_objective
+from .storage import check_url, explain, journal_path, permanent, redact, storage_errors
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 DEFAULT_STUDY_NAME = "fastnas-tune"
@@ -126,11 +127,6 @@ def make_pruner(name: str, epochs: int, startup_trials: int) -> optuna.pruners.B
 
 
 # -- storage and study ----------------------------------------------------------------------------
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and metrics)."""
-    return re.sub(r"(//[^:/@]+):[^@/]*@", r"\1:***@", url)
-
-
 def open_storage(url: Optional[str], heartbeat: int = 10, attempts: int = 5):
     """An Optuna storage: in memory (``None``), a journal file (``journal:PATH``, for shared file
     systems), or a database URL (``sqlite:///PATH``, ``postgresql://...``, ``mysql://...``).
@@ -140,28 +136,36 @@ def open_storage(url: Optional[str], heartbeat: int = 10, attempts: int = 5):
     tables at the same moment may collide; creation is retried."""
     if url is None:
         return optuna.storages.InMemoryStorage()
+    check_url(url)
     if url.startswith("journal:"):
-        path = url[len("journal:"):]
-        path = path[2:] if path.startswith("//") else path
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise UserError(f"--storage {url}: folder {folder} does not exist")
-        backend = optuna.storages.journal.JournalFileBackend(path)
-        return optuna.storages.JournalStorage(backend)
-    if "://" not in url:
-        raise UserError(f"--storage {url!r} is not a storage URL (sqlite:///PATH, "
-                        "postgresql://..., mysql://..., or journal:PATH)")
+        backend = optuna.storages.journal.JournalFileBackend(journal_path(url))
+        with storage_errors(url):
+            return optuna.storages.JournalStorage(backend)
     engine_kwargs = ({"connect_args": {"timeout": 60}} if url.startswith("sqlite")
                      else {"pool_pre_ping": True})
     for attempt in range(attempts):
         try:
-            with _quiet_experimental():
-                return optuna.storages.RDBStorage(
+            with _quiet_experimental(), warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                storage = optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                     grace_period=2 * heartbeat, heartbeat_stale_trial_callback=_retry)
-        except ImportError as e:  # a database driver (psycopg2, pymysql) is missing
-            raise UserError(f"--storage {redact(url)}: {e}") from None
+            for w in caught:  # SQLAlchemy ignoring part of the URL is an error, not a warning
+                if issubclass(w.category, optuna.exceptions.ExperimentalWarning):
+                    continue  # what _quiet_experimental silences
+                text = str(w.message).splitlines()[0]
+                if "are not accepted by" in text:
+                    raise UserError(f"--storage {redact(url)}: {text.split(';')[0]}")
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            return storage
+        except UserError:
+            raise
+        except ImportError as e:  # a database driver (psycopg, pymysql) is missing
+            raise explain(e, url) from None
         except Exception as e:  # sqlalchemy's errors: a concurrent creation, or a bad URL
+            better = explain(e, url)
+            if better is not None and (attempt == attempts - 1 or permanent(e)):
+                raise better from None
             if attempt == attempts - 1:
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise UserError(f"cannot open --storage {redact(url)}: {reason}") from None
@@ -331,12 +335,14 @@ def trial_row(trial: FrozenTrial) -> Dict[str, Any]:
 def write_trials_csv(study: optuna.Study, path: str) -> List[Dict[str, Any]]:
     """Every trial of the study, one row each, written atomically; returns the rows."""
     rows = [trial_row(t) for t in study.get_trials(deepcopy=False)]
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=TRIAL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=TRIAL_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_file_atomic(path, write)
     return rows
 
 
