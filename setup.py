@@ -36,6 +36,7 @@ setup(
         # fastnas plot, and the figures every stage writes at its end (the quick start shows
         # them); small next to torch.
         "matplotlib>=3.5",
+        "tomli; python_version < '3.11'",  # --config FILE.toml (tomllib from Python 3.11)
     ],
     extras_require={
         "plot": [],  # matplotlib became a dependency; the extra stays for old instructions

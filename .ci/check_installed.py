@@ -16,7 +16,7 @@ import subprocess
 import sys
 import zipfile
 
-OPTIONAL = {"optuna", "matplotlib", "tensorboard", "scipy", "sqlalchemy"}
+OPTIONAL = {"optuna", "tensorboard", "scipy", "sqlalchemy", "psycopg"}
 
 
 def shipped_files(repo: str) -> set:

@@ -38,6 +38,7 @@ from .limits import CPUS, MAX_THREADS, MAX_WORKERS
 from .nb201 import resolve_cell
 from .paper import convert_paper_checkpoint
 from .pipeline import (
+    DEFAULT_METHOD,
     SEARCH_METHODS,
     Interrupted,
     StageOptions,
@@ -311,23 +312,33 @@ def _options(args: argparse.Namespace) -> StageOptions:
 
 
 # -- commands -------------------------------------------------------------------------------------
-def _default_output(args: argparse.Namespace, command: str) -> str:
-    """``runs/<dataset>-<command>``; a search, or a run, also names its method
-    (``runs/digits-darts-search``), so that one method's run never lands in another's folder."""
-    method = getattr(args, "method", None) if command in ("search", "run") else None
-    name = "-".join(part for part in (args.dataset or "digits", method, command) if part)
+def _default_output(args: argparse.Namespace, command: str,
+                    options: Optional[StageOptions] = None) -> str:
+    """``runs/<dataset>-<command>``; a search, or a run, also names its method (the flag's, else
+    the config file's, else darts: ``runs/digits-darts-search``), and a training of an NB201
+    cell its space (``runs/digits-nb201-train``), so that one kind of run never lands in
+    another's folder."""
+    kind = None
+    if command in ("search", "run"):
+        table = options.config.get("search", {}) if options is not None else {}
+        kind = getattr(args, "method", None) or table.get("method") or DEFAULT_METHOD
+    elif command == "train" and getattr(args, "space", None) == "nb201":
+        kind = "nb201"
+    name = "-".join(part for part in (args.dataset or "digits", kind, command) if part)
     return args.output or os.path.join("runs", name)
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    search_stage(_options(args), args.method, _given(args, SEARCH_KEYS),
-                 _default_output(args, "search"))
+    options = _options(args)
+    search_stage(options, args.method, _given(args, SEARCH_KEYS),
+                 _default_output(args, "search", options))
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    options = _options(args)
     if args.space == "nb201":  # an NB201 cell: its benchmark string, a file or a folder
-        if args.genotype is None and not args.resume:
+        if args.genotype is None and not options.resume:
             raise UserError("train --space nb201 needs --genotype '|op~0|+|op~0|op~1|+...|' "
                             "(or a cell file, or a search or tune folder)")
         try:
@@ -336,14 +347,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UserError(f"--genotype: {e}") from None
     else:
         genotype = resolve_genotype(args.genotype) if args.genotype is not None else None
-    train_stage(_options(args), _given(args, TRAIN_KEYS), _default_output(args, "train"),
+    train_stage(options, _given(args, TRAIN_KEYS), _default_output(args, "train", options),
                 genotype)
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    run_pipeline(_options(args), args.method, _given(args, SEARCH_KEYS, "search_"),
-                 _given(args, TRAIN_KEYS, "train_"), _default_output(args, "run"))
+    options = _options(args)
+    run_pipeline(options, args.method, _given(args, SEARCH_KEYS, "search_"),
+                 _given(args, TRAIN_KEYS, "train_"), _default_output(args, "run", options))
     return 0
 
 

@@ -218,6 +218,9 @@ def read_config_file(path: str, stage: Optional[str] = None) -> dict:
     elif len(tables) != len(values):
         raise ValueError(f"config file {path}: keys {sorted(set(values) - set(tables))} stand "
                          "outside the [search] and [train] tables")
+    elif stage is not None and stage not in tables:
+        raise ValueError(f"config file {path} has no [{stage}] table (it holds "
+                         f"{' and '.join(f'[{t}]' for t in tables)})")
     for name, table in tables.items():
         if not isinstance(table, dict):
             raise ValueError(f"config file {path}: {name} must be a table of keys, got "

@@ -53,14 +53,15 @@ SEARCH_DEFAULTS = {
 # CIFAR-100 and image folders (and any other dataset, from Python) take the paper's CIFAR-10
 # settings, except that a folder trains without cutout and without the auxiliary head (both are
 # sized for 32x32 images; the head fits only 8x8 features at 2/3 depth).
-SEARCH_DEFAULTS.update({name: SEARCH_DEFAULTS["cifar10"] for name in ("cifar100", data.FOLDER)})
+SEARCH_DEFAULTS.update({name: dict(SEARCH_DEFAULTS["cifar10"]) for name in ("cifar100",
+                                                                          data.FOLDER)})
 TRAIN_DEFAULTS = {
     "digits": {"epochs": 30, "layers": 5, "channels": 16, "batch_size": 128, "auxiliary": False,
                "cutout": 0, "seed": 0},
     "cifar10": {"epochs": 600, "layers": 20, "channels": 36, "batch_size": 96, "auxiliary": True,
                 "cutout": 16, "seed": 0},
 }
-TRAIN_DEFAULTS.update({"cifar100": TRAIN_DEFAULTS["cifar10"],
+TRAIN_DEFAULTS.update({"cifar100": dict(TRAIN_DEFAULTS["cifar10"]),
                        data.FOLDER: {**TRAIN_DEFAULTS["cifar10"], "cutout": 0,
                                      "auxiliary": False}})
 # An NB201 cell trains with the benchmark's recipe on any dataset (xautodl's
@@ -680,7 +681,18 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         except NonFiniteError as e:
             raise _stopped(e, "training", checkpoint, trainer.epoch, saved.value) from None
 
-    result = {"dataset": dataset, **result, **_recalibrated(trainer, train_loader, test_loader)}
+    try:
+        result = {"dataset": dataset, **result,
+                  **_recalibrated(trainer, train_loader, test_loader)}
+    except KeyboardInterrupt as e:  # all epochs are in the checkpoint: resuming recalibrates
+        signal = "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+        how = "terminated (SIGTERM)" if signal == "SIGTERM" else "interrupted"
+        raise Interrupted(f"training {how} while recomputing the BatchNorm statistics after "
+                          f"the last epoch; the checkpoint {checkpoint} holds all "
+                          f"{trainer.epoch} epoch(s)",
+                          True, signal) from None
+    except NonFiniteError as e:
+        raise _stopped(e, "training", checkpoint, trainer.epoch, saved.value) from None
     _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
                                              test_accuracy=result["test_accuracy"],
                                              data=run_info["data"]),

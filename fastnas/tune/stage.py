@@ -28,7 +28,14 @@ from ..console import duration, log, print_block
 from ..errors import UserError
 from ..genotypes import Genotype
 from ..interrupts import Terminated
-from ..pipeline import SEARCH_METHODS, Interrupted, StageOptions, prepare_output, search_stage
+from ..pipeline import (
+    DEFAULT_METHOD,
+    SEARCH_METHODS,
+    Interrupted,
+    StageOptions,
+    prepare_output,
+    search_stage,
+)
 from ..reproducibility import resolve_device
 from ..runfiles import read_metrics
 from .config import TUNE_DEFAULTS, TuneConfig
@@ -119,7 +126,7 @@ def _search(options: StageOptions, method: Optional[str], source: Optional[str],
     metrics = os.path.join(folder, "metrics.json")
     if os.path.exists(metrics) and read_metrics(metrics).get("complete"):
         return _search(options, method, folder, {}, output)
-    search_stage(dataclasses.replace(options, resume=True), method or "darts", search_given,
+    search_stage(dataclasses.replace(options, resume=True), method or DEFAULT_METHOD, search_given,
                  folder)
     return load_search(folder)
 
