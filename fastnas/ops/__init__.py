@@ -11,9 +11,10 @@ from .primitives import (
                          SepConv,
                          Zero,
                          drop_path,
+                         factorized_convs,
                          make_op,
 )
 
 __all__ = ["CellSpec", "DilConv", "FactorizedReduce", "Identity", "OPS", "PRIMITIVES",
-           "ReLUConvBN", "SepConv", "Zero", "cell_plan", "drop_path", "make_op",
-           "reduction_layers"]
+           "ReLUConvBN", "SepConv", "Zero", "cell_plan", "drop_path", "factorized_convs",
+           "make_op", "reduction_layers"]
