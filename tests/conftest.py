@@ -18,6 +18,17 @@ if not torch.cuda.is_available():
 torch.set_num_threads(1)
 
 
+# --- a crash fails the run at once (issue 23) ----------------------------------------------------
+def pytest_configure(config):
+    """Under xdist a crashed worker (a test that aborts Python) ends the run: xdist's default
+    replaces up to 4 crashed workers per worker, re-running the crashing file on each, and its
+    load-file scheduling could then leave the others idle until interrupted. A
+    ``--max-worker-restart`` given on the command line still wins. (The per-test limit is
+    ``timeout`` in pyproject.toml's pytest settings.)"""
+    if getattr(config.option, "maxworkerrestart", "not xdist") is None:
+        config.option.maxworkerrestart = "0"
+
+
 # --- the run leaves the repository as it found it (issue 23) ----------------------------------
 # Tests write under their tmp paths only. The process that runs the session (xdist's controller,
 # or pytest itself without xdist) lists the checkout's untracked and modified files, with their
