@@ -35,7 +35,7 @@ def pytest_configure(config):
 # modification times, before the first test and after the last; a file that appeared or changed
 # fails the run and is named. Caches that Python and the test tools keep are not counted.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TOOL_CACHES = ("__pycache__", ".pytest_cache", ".benchmarks")
+_TOOL_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".benchmarks")
 
 
 def _tool_cache(path: str) -> bool:
