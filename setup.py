@@ -49,11 +49,12 @@ setup(
         "postgres": ["psycopg[binary]>=3.1"],
         # ruff and import-linter: the lint and the layer contracts the tests and CI run; the
         # optional dependencies, for their tests; pytest-xdist runs the test files in parallel
-        # (on 2 cores the suite takes about 0.6x the serial time).
-        # build: the sdist and the wheel that .ci/run installs outside the checkout.
-        "dev": ["build>=1", "pytest>=7", "pytest-xdist>=3", "pytest-benchmark>=4", "pytest-cov>=4",
-                "ruff>=0.5", "import-linter>=2.1", "tensorboard>=2.10",
-                "optuna>=4.9", "scipy", "tomli; python_version < '3.11'"],
+        # (on 2 cores the suite takes about 0.6x the serial time); pytest-timeout gives every
+        # test a hard time limit, so a hang fails the run rather than stalling it; build: the
+        # sdist and the wheel that .ci/run installs outside the checkout.
+        "dev": ["build>=1", "pytest>=7", "pytest-xdist>=3", "pytest-timeout>=2.1",
+                "pytest-benchmark>=4", "pytest-cov>=4", "ruff>=0.5", "import-linter>=2.1",
+                "tensorboard>=2.10", "optuna>=4.9", "scipy", "tomli; python_version < '3.11'"],
     },
     entry_points={"console_scripts": ["fastnas=fastnas.cli:main"]},
 )

@@ -3,7 +3,8 @@ steps compile to a fixed set of graphs with no graph break (``fullgraph=True``) 
 recompilation once warm, and give the eager fast path's results.
 
 Dynamo and AOTAutograd are exercised with the ``aot_eager`` backend (the same graphs, run by
-eager kernels: seconds); one tiny case runs inductor's generated code."""
+eager kernels: seconds); one tiny case runs inductor's generated code (``-m slow_compile``: its
+C++ compilation takes minutes from a cold cache on 2 cores)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,7 @@ def test_second_order_steps_compile_without_breaks_or_recompiles(backend):
     assert not counters["graph_break"], dict(counters["graph_break"])
 
 
+@pytest.mark.slow_compile
 def test_compiled_by_inductor_equals_eager(monkeypatch):
     """Inductor's generated code (the pools' BatchNorm, the skip connections, the running
     statistics, the preprocessing, fused around the custom ops) against the eager fast

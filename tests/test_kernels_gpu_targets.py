@@ -8,7 +8,8 @@ paper-size search step run on fake tensors with the Triton kernels picked), fp32
 Compiling ~180 configurations x 2 targets takes minutes on 2 cores, once: the list is cached
 under a hash of the sources that decide it (kernels, ops, supernets) and the torch and Triton
 versions; Triton caches each compiled kernel and ``gpu_targets`` each ptxas report
-(``$FASTNAS_CACHE_DIR``, default ``~/.cache/fastnas``).
+(``$FASTNAS_CACHE_DIR``, default ``~/.cache/fastnas``). The two tests over those configurations
+are ``slow_compile`` tests (``-m slow_compile``, run by CI); the checker's own tests run by default.
 """
 import textwrap
 
@@ -34,11 +35,13 @@ def configurations():
     return gpu_targets.cached_configurations("darts-paper-search", collect)
 
 
+@pytest.mark.slow_compile
 def test_the_search_runs_every_kernel(configurations):
     assert {c.kernel for c in configurations} == set(launch.KERNELS)
     assert {"*bf16", "*fp32"} <= {t for c in configurations for t in c.signature.values()}
 
 
+@pytest.mark.slow_compile
 def test_every_configuration_compiles_without_spilling(configurations):
     reports = gpu_targets.compile_configs(configurations, gpu_targets.ARCHS)
     errors = [r for r in reports if isinstance(r, str)]

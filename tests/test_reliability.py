@@ -362,7 +362,7 @@ def test_a_checkpoint_whose_config_no_longer_fits(runs, capsys, tmp_path):
     assert len(err) == 1 and "does not fit the model its config builds" in err[0]
 
 
-def test_internal_errors_are_one_line_unless_debugging(monkeypatch, capsys):
+def test_internal_errors_are_one_line_unless_debugging(monkeypatch, capsys, tmp_path):
     from fastnas import pipeline
 
     def broken(*args, **kwargs):
@@ -370,13 +370,14 @@ def test_internal_errors_are_one_line_unless_debugging(monkeypatch, capsys):
 
     monkeypatch.setattr(pipeline, "search_stage", broken)
     monkeypatch.setattr("fastnas.cli.search_stage", broken)
-    assert main(["search"]) == 1
+    argv = ["search", "--output", str(tmp_path / "search")]  # never the default runs/ folder
+    assert main(argv) == 1
     assert capsys.readouterr().err.strip() == ("fastnas: internal error: ZeroDivisionError: a bug "
                                                "(run with FASTNAS_DEBUG=1 for the traceback, and "
                                                "please report it)")
     monkeypatch.setenv("FASTNAS_DEBUG", "1")
     with pytest.raises(ZeroDivisionError):
-        main(["search"])
+        main(argv)
 
 
 # -- the API's input checks -----------------------------------------------------------------------

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..genotypes import Genotype
-from ..ops import cell_plan, make_op, reduction_layers
+from ..ops import cell_plan, factorized_convs, make_op, reduction_layers
 
 MICRO_OPS = ("sep_conv_3x3", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3", "skip_connect")
 
@@ -113,10 +113,8 @@ class BlockInput(nn.Module):
         x = F.relu(x)
         if not self.reduce:
             return self.bn(F.conv2d(x, self.conv.weight.index_select(1, cols)))
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([F.conv2d(x, self.conv_1.weight.index_select(1, cols), stride=2),
-                                  F.conv2d(shifted, self.conv_2.weight.index_select(1, cols),
-                                           stride=2)], dim=1))
+        return self.bn(factorized_convs(x, self.conv_1.weight.index_select(1, cols),
+                                        self.conv_2.weight.index_select(1, cols)))
 
 
 class SharedCell(nn.Module):

@@ -12,9 +12,10 @@ from .primitives import (
                          SepConv,
                          Zero,
                          drop_path,
+                         factorized_convs,
                          make_op,
 )
 
 __all__ = ["CellSpec", "DilConv", "FactorizedReduce", "Identity", "OPS", "PRIMITIVES",
-           "PoolBN", "ReLUConvBN", "SepConv", "Zero", "cell_plan", "drop_path", "make_op",
-           "reduction_layers"]
+           "PoolBN", "ReLUConvBN", "SepConv", "Zero", "cell_plan", "drop_path", "factorized_convs",
+           "make_op", "reduction_layers"]

@@ -132,9 +132,28 @@ class FactorizedReduce(nn.Module):
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
     def forward(self, x):
-        x = self.relu(x)
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        return self.bn(factorized_convs(self.relu(x), self.conv_1.weight, self.conv_2.weight))
+
+
+def factorized_convs(x, weight_1, weight_2):
+    """The two halves of a factorized reduction, concatenated over channels:
+
+        y = cat([conv2d(x, weight_1, stride=2), conv2d(x', weight_2, stride=2)], dim=1),
+        x'[:, :, h, w] = x[:, :, h + 1, w + 1]   (zero past the last row and column),
+
+    for 1x1 weights, i.e. ``y[:, o, i, j] = sum_c weight_1[o, c] x[:, c, 2i, 2j]`` and
+    ``sum_c weight_2[o, c] x[:, c, 2i + 1, 2j + 1]``.
+
+    Each half is computed as the stride-1 conv of the subsampled input, never as a stride-2 conv:
+    oneDNN's AVX2 kernel for the weight gradient of a stride-2 1x1 conv (``jit_1x1:avx2``
+    backward_weights, oneDNN 3.12 in torch 2.14) writes past the end of a buffer it is given when
+    the input is channels_last with few channels (2 to 6 seen; 8 or more not), which corrupts the
+    heap: on CPUs without AVX-512 the process then aborts, segfaults or bus-errors at some later
+    allocation (issue 23; ``tests/test_avx2_memory.py``).
+    """
+    even = x[:, :, ::2, ::2]
+    odd = F.pad(x, (0, 1, 0, 1))[:, :, 1::2, 1::2]
+    return torch.cat([F.conv2d(even, weight_1), F.conv2d(odd, weight_2)], dim=1)
 
 
 def _conv_7x1_1x7(C, stride, affine):
