@@ -41,7 +41,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..checkpoint import write_json_atomic
+from ..checkpoint import write_file_atomic, write_json_atomic
 from ..config import Config, choice, integer, number
 from ..console import duration, log, print_block
 from ..errors import UserError
@@ -277,15 +277,17 @@ def parse_objective(text: str) -> str:
 
 
 def write_tabular_trials(trials: List[TabularTrial], path: str) -> None:
-    """One row per query (``genotype`` is the cell's benchmark string), written atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(TABULAR_COLUMNS)
-        for t in trials:
-            writer.writerow([t.number, repr(t.value), repr(t.best_value), str(t.cell),
-                             round(t.seconds, 6)])
-    os.replace(tmp, path)
+    """One row per query (``genotype`` is the cell's benchmark string), written atomically
+    (``fastnas.checkpoint.write_file_atomic``)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(TABULAR_COLUMNS)
+            for t in trials:
+                writer.writerow([t.number, repr(t.value), repr(t.best_value), str(t.cell),
+                                 round(t.seconds, 6)])
+
+    write_file_atomic(path, write)
 
 
 def tabular_stage(given: Dict[str, Any], output: str, table_path: Optional[str] = None,
