@@ -84,7 +84,9 @@ def darts_reference(order):
     every shard quantity averaged before use), the Adam step, then the weight gradient."""
     opt = DARTSOptimizer(dict(worker.DARTS, order=order, precision="fp64"))
     model = opt.model
-    alphas = ["alphas_normal", "alphas_reduce"]
+    alphas = [n for n, _ in model.named_parameters() if n.endswith(("alphas_normal",
+                                                                      "alphas_reduce"))]
+    assert len(alphas) == 2
     names = [n for n, _ in model.named_weights()]
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
     train = [worker.shard(worker.batches(1), r, 2) for r in range(2)]
@@ -132,7 +134,7 @@ def test_a_two_rank_darts_step_averages_the_shards(order, ranks):
     single = DARTSOptimizer(dict(worker.DARTS, order=1, precision="fp64"))
     params = {n: p.detach().clone().requires_grad_() for n, p in single.model.named_parameters()}
     one = grads(single.model, params, worker.shard(worker.batches(2), 0, 2),
-                ["alphas_normal", "alphas_reduce"])
+                ["arch.alphas_normal", "arch.alphas_reduce"])
     assert rel(one[0], darts_reference(1)[0][0]) > 1e-3
 
 

@@ -1,5 +1,8 @@
 """Writes ``darts_steps.pt``: the golden record of plain DARTS, made from the code before the
 space layer (issue 17), so ``tests/test_golden.py`` can show that plain DARTS is unchanged.
+That code is commit 6a021d7 with the factorized-reduction fix of issue 23 (b4154eb: two
+stride-1 1x1 convs of the subsampled input instead of stride-2 convs, the same math) applied,
+since that fix changes float32 rounding; the file was written from that tree.
 
 For each supernet (reference, fast), order (1, 2) and precision (fp32, fp64) a tiny search
 network (C=4, 3 cells, 3 nodes, 1x8x8 inputs, 4 classes, seed 0, 1 thread) takes 3 DARTS steps

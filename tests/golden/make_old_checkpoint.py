@@ -1,9 +1,11 @@
 """Writes ``old_darts_search.pt.gz`` (a ``DARTSOptimizer.save`` checkpoint, gzipped) and
 ``old_darts_search_next.pt`` (the model after the next step), from the code before the space
 layer (issue 17), so ``tests/test_golden.py`` can show that such checkpoints still resume, to
-the bit. A tiny second-order search (C=2, 3 cells, 1 node, fast supernet, 1 thread) takes one
-step and saves; then takes the next step, whose result is recorded (the alphas in full, per
-other tensor its sum and sum of squares). Run from the repository root of that code:
+the bit (that code: commit 6a021d7 with issue 23's factorized-reduction fix b4154eb applied, as
+for ``make_darts_golden.py``). A tiny second-order search (C=2, 3 cells, 1 node, fast
+supernet, 1 thread) takes one step and saves; then takes the next step, whose result is
+recorded (the alphas in full, per other tensor its sum and sum of squares). Run from the
+repository root of that code:
 
     PYTHONPATH=. python tests/golden/make_old_checkpoint.py OUTPUT_FOLDER
 """
