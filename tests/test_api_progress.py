@@ -12,14 +12,6 @@ from fastnas.enas import ENASOptimizer
 from fastnas.training import FinalTrainer
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _loaders(n=32, batch_size=8):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g)
