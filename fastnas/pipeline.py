@@ -493,8 +493,6 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     if state:
         _restore(optimizer, state, checkpoint)
     cfg = optimizer.config
-    _on_main(lambda: _write_config("search", {"method": method.name, **cfg.to_dict()},
-                                   paths["config.json"]))
     seed, workers = cfg.seed or 0, _workers(options, source)
     batch = _per_rank(cfg.batch_size)
     train_loader = data.make_loader(split.weights, batch, shuffle=True, device=device,
@@ -505,6 +503,9 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
                                    device=device, num_workers=workers, shard=_shard())
     _check_batches({"weight half of the search split": train_loader,
                     "architecture half of the search split": val_loader}, limit)
+    # the settings are good (bad input wrote nothing): they go into the folder first
+    _on_main(lambda: _write_config("search", {"method": method.name, **cfg.to_dict()},
+                                   paths["config.json"]))
     loaders = [train_loader, val_loader]
     data.set_epoch(loaders, optimizer.epoch)
 
@@ -641,7 +642,6 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     trainer = _build(lambda: FinalTrainer(genotype, cfg))
     if state:
         _restore(trainer, state, checkpoint)
-    _on_main(lambda: _write_config("train", cfg.to_dict(), paths["config.json"]))
     workers = _workers(options, source)
     train_loader = data.make_loader(train_set, _per_rank(cfg.batch_size), shuffle=True,
                                     device=device, seed=cfg.seed, stream=2, num_workers=workers,
@@ -649,6 +649,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     test_loader = data.make_loader(test_set, EVAL_BATCH_SIZE, shuffle=False, device=device,
                                    num_workers=workers, shard=_shard())
     _check_batches({"train split": train_loader}, limit)
+    _on_main(lambda: _write_config("train", cfg.to_dict(), paths["config.json"]))
 
     log(f"train: {dataset} ({len(train_set)} train, {len(test_set)} test images), "
         f"{cfg.layers} layers x {cfg.channels} channels, batch {cfg.batch_size}, "

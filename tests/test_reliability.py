@@ -343,7 +343,8 @@ def runs(tmp_path_factory):
     (["train", "--genotype", "{runs}/deep.json"], "nested too deeply"),
     (["train", "--genotype", "{runs}/huge.json"], "an architecture file is at most 1048576"),
 ])
-def test_bad_input_is_one_line(argv, expected, runs, capsys):
+def test_bad_input_is_one_line(argv, expected, runs, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output folders land here, not in the checkout
     argv = [a.replace("{runs}", str(runs)) for a in argv]
     status = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
