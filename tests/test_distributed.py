@@ -11,6 +11,7 @@ port per test on 127.0.0.1 and a timeout on every collective.
   and a failing rank that stops everyone quickly with its own message.
 """
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -247,7 +248,10 @@ def test_an_automatic_resume_of_another_method_is_one_line_per_rank_and_exit_2(t
                 "enas search: resume it with --method darts (resuming is automatic under "
                 "torchrun: --no-resume starts anew over it, --output DIR writes elsewhere)"
                 ) in done.stderr
-    assert done.stderr.count("exitcode  : 2") == 2, done.stderr[-3000:]
+    # each worker exits 2, unless torchrun's SIGTERM (sent to the rest once one worker has
+    # failed) reaches it after its line was printed and before it exits: -15 is torchrun's doing
+    codes = re.findall(r"exitcode  : (-?\d+)", done.stderr)
+    assert "2" in codes and set(codes) <= {"2", "-15"}, done.stderr[-3000:]
     frames = [line for line in done.stderr.splitlines() if line.strip().startswith("File ")]
     assert not [f for f in frames if "fastnas" in f], frames
     assert os.path.getmtime(out / "checkpoint.pt") == before
