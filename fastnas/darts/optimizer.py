@@ -234,6 +234,7 @@ class DARTSOptimizer(Resumable):
         def run_epoch(epoch: int) -> Dict[str, Any]:
             self._set_lr(cosine_lr(epoch, self.total_epochs, self.config.learning_rate_w,
                                    self.config.lr_min))
+            self.model.set_epoch(epoch, self.total_epochs)  # the method's schedules
             means = {k: RunningMean() for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
             steps = 0
             for train_batch, val_batch in paired(train_loader, val_loader):
@@ -317,6 +318,7 @@ class DARTSOptimizer(Resumable):
             "history": self.history,
             "told": [(str(g), s) for g, s in self.told],
             "nonfinite": self.guard.state_dict(),
+            "relaxation": self.model.relaxation.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -340,6 +342,7 @@ class DARTSOptimizer(Resumable):
         self.history = list(state.get("history", []))
         self.told = [(Genotype.parse(g), float(s)) for g, s in state.get("told", [])]
         self.guard.load_state_dict(state.get("nonfinite", {}))
+        self.model.relaxation.load_state_dict(state.get("relaxation", {}))
         set_rng_state(state["rng"])
 
 

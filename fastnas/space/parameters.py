@@ -32,6 +32,8 @@ class ArchitectureParameters(nn.Module):
         self.relaxation = Softmax() if relaxation is None else relaxation
         self.cell_types = space.cell_types
         self.current_phase = WEIGHTS
+        # {cell type: index or None} of the last ``mixing`` call (``Relaxation.sample``).
+        self.selected: Dict[str, Optional[torch.Tensor]] = {t: None for t in space.cell_types}
         for t in self.cell_types:
             self.register_parameter(f"alphas_{t}", nn.Parameter(1e-3 * torch.randn(space.shape)))
 
@@ -52,9 +54,17 @@ class ArchitectureParameters(nn.Module):
             self.current_phase = before
 
     def mixing(self, training: bool = True) -> Dict[str, torch.Tensor]:
-        """``{cell type: relaxation.weights(alphas, phase)}`` for one forward pass."""
+        """``{cell type: weights}`` for one forward pass, from ``relaxation.sample(alphas,
+        phase)``; the sampled op indices (or None: every op) are left in ``selected``."""
         phase = self.current_phase if training else EVALUATION
-        return {t: self.relaxation.weights(a, phase) for t, a in self.by_type().items()}
+        out = {}
+        for t, a in self.by_type().items():
+            out[t], self.selected[t] = self.relaxation.sample(a, phase)
+        return out
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """The relaxation's schedules at the start of epoch ``epoch`` (0-based)."""
+        self.relaxation.set_epoch(epoch, total_epochs)
 
     def strengths(self) -> Dict[str, torch.Tensor]:
         """``{cell type: relaxation.strengths(alphas)}``: what derivation, the alpha history,

@@ -11,14 +11,22 @@ A relaxation maps the alphas ``a`` of a cell type (``[num_edges, len(ops)]``) to
   pruned space read, detached, on the CPU, in the alphas' precision and at least float32;
   ``what`` names them in ``alphas.json``;
 - ``penalty(alphas)``: an optional term on ``{cell type: alphas}`` that the architecture step
-  adds to the validation loss, and only there (``None``: no term).
+  adds to the validation loss, and only there (``None``: no term);
+- ``sample(a, phase)``: ``(weights, index)``, where ``index`` (a CPU ``LongTensor``
+  ``[num_edges]``, or ``None``) names the one op per edge that a hard relaxation (GDAS)
+  selected: the supernet then computes only that op of each edge, the others entering through
+  their (zero-valued) weights alone. The default is ``(weights(a, phase), None)``: every op;
+- ``set_epoch(epoch, total_epochs)``: called by the search at the start of every epoch
+  (0-based) for what follows a schedule (a temperature, say); ``state_dict()`` /
+  ``load_state_dict()``: the relaxation's own state (schedules, noise generators) as plain data
+  and tensors, kept in the search checkpoint so that a resumed run draws the same noise.
 
 ``Softmax`` is DARTS': ``w = strengths = softmax(a)`` row by row, no penalty. This module is the
 one place the code base takes the softmax of the alphas.
 """
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +58,20 @@ class Relaxation:
 
     def penalty(self, alphas: Mapping[str, torch.Tensor]) -> Optional[torch.Tensor]:
         return None
+
+    def sample(self, alphas: torch.Tensor, phase: str
+               ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``(weights(a, phase), None)``: every op is computed (see the module docstring)."""
+        return self.weights(alphas, phase), None
+
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Nothing to schedule."""
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
 
 
 class Softmax(Relaxation):

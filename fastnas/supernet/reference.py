@@ -154,6 +154,11 @@ class SearchNetwork(nn.Module):
             raise ValueError(f"no such cells {bad}; the network has {len(self.cells)}")
         self.checkpointed = cells
 
+    def set_epoch(self, epoch: int, total_epochs: int) -> None:
+        """Schedules of the method at the start of epoch ``epoch`` (0-based) of
+        ``total_epochs``: the relaxation's (``ArchitectureParameters.set_epoch``)."""
+        self.arch.set_epoch(epoch, total_epochs)
+
     def forward(self, x):
         mixing = self.arch.mixing(self.training)
         s0 = s1 = self.stem(x)
