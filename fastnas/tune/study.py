@@ -127,6 +127,26 @@ def make_pruner(name: str, epochs: int, startup_trials: int) -> optuna.pruners.B
 
 
 # -- storage and study ----------------------------------------------------------------------------
+def _immediate_transactions(engine) -> None:
+    """Every SQLite transaction of ``engine`` starts with ``BEGIN IMMEDIATE`` (SQLAlchemy's
+    recipe for pysqlite). SQLite's default deferred transactions take the write lock only at the
+    first write, so a read-check-write is not atomic across processes: two workers could both
+    read the enqueued warm-start trial as WAITING, both set it RUNNING, both train it, and the
+    second ``tell`` fails with "Cannot tell a COMPLETE trial" (optuna/optuna#4621). Taking the
+    write lock at ``BEGIN`` serializes those transactions; SQLite waits for the lock (60 s)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, record):  # pysqlite must not BEGIN on its own
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners: reopened with them
+
+
 def open_storage(url: Optional[str], heartbeat: int = 10, attempts: int = 5):
     """An Optuna storage: in memory (``None``), a journal file (``journal:PATH``, for shared file
     systems), or a database URL (``sqlite:///PATH``, ``postgresql://...``, ``mysql://...``).
@@ -150,6 +170,8 @@ def open_storage(url: Optional[str], heartbeat: int = 10, attempts: int = 5):
                 storage = optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
                     grace_period=2 * heartbeat, heartbeat_stale_trial_callback=_retry)
+                if url.startswith("sqlite"):
+                    _immediate_transactions(storage.engine)
             for w in caught:  # SQLAlchemy ignoring part of the URL is an error, not a warning
                 if issubclass(w.category, optuna.exceptions.ExperimentalWarning):
                     continue  # what _quiet_experimental silences
