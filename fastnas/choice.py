@@ -84,11 +84,12 @@ class _Owned(nn.Module):
 
 class Choice(_Owned):
     """One of ``candidates`` (a list or a dict of modules with one output shape); see the module
-    docstring. ``names`` are the dict's keys or ``"0"``, ``"1"``, ..."""
+    docstring. ``names`` are the dict's keys or ``"0"``, ``"1"``, ...; ``candidates`` holds the
+    modules in that order (an ``nn.ModuleList``: state_dict keys ``candidates.<position>``)."""
 
     def __init__(self, candidates: Union[Sequence[nn.Module], Mapping[str, nn.Module]]):
         super().__init__()
-        if isinstance(candidates, Mapping):
+        if isinstance(candidates, (Mapping, nn.ModuleDict)):
             items = list(candidates.items())
         elif isinstance(candidates, (list, tuple, nn.ModuleList)):
             items = [(str(k), m) for k, m in enumerate(candidates)]
@@ -98,17 +99,22 @@ class Choice(_Owned):
         if len(items) < 1:
             raise UserError("Choice needs at least one candidate")
         for name, module in items:
-            if not isinstance(name, str) or not name or "." in name:
-                raise UserError(f"Choice: candidate names must be non-empty strings without "
-                                f"'.', got {name!r}")
+            if not isinstance(name, str) or not name:
+                raise UserError(f"Choice: candidate names must be non-empty strings, got "
+                                f"{name!r}")
             if not isinstance(module, nn.Module):
                 raise UserError(f"Choice: candidate {name!r} is a {type(module).__name__}, "
                                 f"not an nn.Module")
-        self.candidates = nn.ModuleDict(items)
+        # A list, named apart: a ModuleDict refuses names such as "half" or "train" (attributes
+        # of every module), which are fine names for a candidate.
+        self.candidates = nn.ModuleList(m for _, m in items)
+        self.names: List[str] = [name for name, _ in items]
 
-    @property
-    def names(self) -> List[str]:
-        return list(self.candidates.keys())
+    def candidate(self, name: str) -> nn.Module:
+        """The candidate called ``name``; a UserError naming the others if there is none."""
+        if name not in self.names:
+            raise UserError(f"no candidate {name!r}: the candidates are {self.names}")
+        return self.candidates[self.names.index(name)]
 
     @property
     def n_candidates(self) -> int:
@@ -116,7 +122,7 @@ class Choice(_Owned):
 
     def forward(self, *args, **kwargs):
         w, index = self._mixing()
-        modules = list(self.candidates.values())
+        modules = list(self.candidates)
         if index is None:
             return self._mix([m(*args, **kwargs) for m in modules], w, None,
                              "candidates' outputs")

@@ -57,9 +57,9 @@ def test_the_forward_is_the_softmax_weighted_sum_of_the_candidates():
     net.eval()
     w = [F.softmax(a[0], 0) for a in opt.arch_parameters()]
     x0 = net.stem(x)
-    a = sum(wk * m(x0) for wk, m in zip(w[0], net.a.candidates.values()))
+    a = sum(wk * m(x0) for wk, m in zip(w[0], net.a.candidates))
     x1 = w[1][0] * torch.relu(a) + w[1][1] * torch.tanh(a)
-    x2 = sum(wk * m(x1) for wk, m in zip(w[2], net.c.candidates.values()))
+    x2 = sum(wk * m(x1) for wk, m in zip(w[2], net.c.candidates))
     merged = w[3][0] * x0 + w[3][1] * x1 + w[3][2] * x2
     expected = net.head(merged.mean((2, 3)))
     torch.testing.assert_close(opt.model(x), expected, rtol=1e-12, atol=1e-12)
@@ -169,8 +169,8 @@ def test_fixed_model_has_exactly_the_parameters_of_the_chosen_candidates():
     set_alphas(opt, [[0.1, 0.9, 0.2], [0.5, 0.4], [0.0, 0.3], [0.7, 0.1, 0.8]])
     fixed = opt.fixed_model()
     net = opt.user_model
-    kept = {"stem": net.stem, "a": net.a.candidates["conv5"], "b": net.b.candidates["0"],
-            "c": net.c.candidates["conv3bn"], "head": net.head}
+    kept = {"stem": net.stem, "a": net.a.candidate("conv5"), "b": net.b.candidate("0"),
+            "c": net.c.candidate("conv3bn"), "head": net.head}
     expected = {f"{k}.{n}": p for k, m in kept.items() for n, p in m.named_parameters()}
     got = dict(fixed.named_parameters())
     assert sorted(got) == sorted(expected)
@@ -182,8 +182,8 @@ def test_fixed_model_has_exactly_the_parameters_of_the_chosen_candidates():
     x = batches(3)[0][0]
     fixed.eval()
     x0 = net.stem.eval()(x)
-    x1 = torch.relu(net.a.candidates["conv5"](x0))
-    x2 = net.c.candidates["conv3bn"].eval()(x1)
+    x1 = torch.relu(net.a.candidate("conv5")(x0))
+    x2 = net.c.candidate("conv3bn").eval()(x1)
     torch.testing.assert_close(fixed(x), net.head((x2 + x0).mean((2, 3))), rtol=0, atol=0)
     # trainable on its own, and saved whole
     fixed.train()
@@ -198,6 +198,14 @@ def test_fixed_model_has_exactly_the_parameters_of_the_chosen_candidates():
     torch.testing.assert_close(loaded.eval()(x), fixed.eval()(x), rtol=0, atol=0)
 
 
+def test_candidate_names_may_be_any_string():
+    choice = Choice({"half": nn.ReLU(), "train": nn.Tanh(), "a.b": nn.Identity()})
+    assert choice.names == ["half", "train", "a.b"]
+    assert isinstance(choice.candidate("train"), nn.Tanh)
+    with pytest.raises(UserError, match="no candidate 'x'"):
+        choice.candidate("x")
+
+
 def test_a_choice_outside_a_search_is_a_one_line_error():
     net = OwnNet()
     with pytest.raises(UserError, match="no mixing weights outside a search"):
@@ -209,7 +217,7 @@ def test_a_choice_outside_a_search_is_a_one_line_error():
 @pytest.mark.parametrize("bad,match", [
     (lambda: Choice(nn.ReLU()), "list or a dict"),
     (lambda: Choice([]), "at least one"),
-    (lambda: Choice({"a.b": nn.ReLU()}), "without '.'"),
+    (lambda: Choice({"": nn.ReLU()}), "non-empty strings"),
     (lambda: Choice([nn.ReLU(), 3]), "not an nn.Module"),
     (lambda: InputChoice(2, 3), "exceeds"),
     (lambda: InputChoice(0), "n_candidates"),
@@ -247,7 +255,7 @@ def test_a_hard_relaxation_runs_only_the_sampled_candidate():
     torch.manual_seed(0)
     net = OwnNet()
     ran = []
-    for name, m in net.a.candidates.items():
+    for name, m in zip(net.a.names, net.a.candidates):
         m.register_forward_hook(lambda mod, i, o, name=name: ran.append(name))
     opt = DARTSOptimizer(dict(CONFIG, order=1), model=net, relaxation=HardPick())
     x, y = batches(3)[0]
@@ -307,3 +315,19 @@ def test_two_rank_torchrun_keeps_identical_replicas(tmp_path):
     # the search did run: every alpha vector moved from its initial draw
     for i, initial in enumerate(ranks[0]["initial_alphas"]):
         assert not torch.equal(ranks[0]["model"][f"arch.alphas_list.{i}"], initial)
+
+
+def test_the_own_model_example_runs(tmp_path):
+    example = os.path.join(REPO, "examples", "own_model.py")
+    saved = tmp_path / "fixed.pt"
+    done = subprocess.run([sys.executable, example, "--epochs", "1", "--train-epochs", "1",
+                           "--limit", "200", "--save", str(saved)], env=ENV,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(t for t in done.stdout.splitlines() if t.startswith("chosen: "))
+    chosen = json.loads(line[len("chosen: "):])
+    assert len(chosen) == 10 and chosen["blocks.0.conv"] in ("3x3", "5x5")
+    assert len(chosen["features"]) == 2
+    assert "fixed model epoch 1: test accuracy" in done.stdout
+    state = torch.load(saved, weights_only=True)
+    assert "blocks.0.conv.0.weight" in state and not any("candidates" in k for k in state)

@@ -170,11 +170,7 @@ class ModelSearch(nn.Module):
 
         def fix(module: nn.Module) -> nn.Module:
             if isinstance(module, Choice):
-                name = chosen[paths[id(module)]]
-                if name not in module.candidates:
-                    raise UserError(f"choice {paths[id(module)]!r} has no candidate {name!r}; "
-                                    f"it has {module.names}")
-                return fix(module.candidates[name])
+                return fix(module.candidate(chosen[paths[id(module)]]))
             if isinstance(module, InputChoice):
                 return FixedInputChoice(module.n_candidates, chosen[paths[id(module)]])
             for child_name, child in list(module.named_children()):
