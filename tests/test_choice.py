@@ -131,6 +131,11 @@ def test_a_search_moves_the_alphas_and_records_them(order, tmp_path):
                                                  "merge (input)"]
     assert history.panels[0].options == ("conv3", "conv5", "identity")
     assert history.weights[-1][3] == pytest.approx(record["alphas_merge"][0].tolist())
+    from fastnas.reports.figures import alphas_figure
+
+    figure = alphas_figure(history)   # the alpha grid draws the choices' panels
+    gids = {line.get_gid() for ax in figure.axes for line in ax.get_lines()}
+    assert {"choices/a/conv5", "choices/merge/2", "choices/b/1"} <= gids
 
 
 def test_a_non_finite_loss_skips_the_step_under_the_guard():
@@ -147,6 +152,21 @@ def test_a_non_finite_loss_skips_the_step_under_the_guard():
     stats = opt.step(batches(1)[0], batches(2)[0])
     assert stats["skipped"] and opt.guard.skipped == 1
     assert all(torch.equal(p, q) for p, q in zip(opt.weight_parameters(), weights))
+
+
+def test_compiled_search_takes_the_eager_steps(monkeypatch):
+    from fastnas.supernet import compiled
+
+    monkeypatch.setattr(compiled, "BACKEND", "aot_eager")   # the same graphs, no code generation
+    runs = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        opt = DARTSOptimizer(dict(CONFIG, order=1, compile=compile), model=OwnNet())
+        for _ in range(2):
+            opt.step(batches(1)[0], batches(2)[0])
+        runs.append([p.detach().clone() for p in opt.model.parameters()])
+    for eager, compiled_ in zip(*runs):
+        torch.testing.assert_close(compiled_, eager, rtol=1e-9, atol=1e-12)
 
 
 # -- the answer ------------------------------------------------------------------------------------

@@ -55,6 +55,10 @@ class DARTSOptimizer(Resumable):
     penalty). As a search strategy it answers ``architecture()`` (the genotype derived from
     the current alphas) and ``evaluate(loader)`` (the supernet's loss and accuracy), like
     ``ENASOptimizer``.
+
+    ``model``: search the ``fastnas.Choice``/``InputChoice`` modules of your own ``nn.Module``
+    instead of the DARTS supernet (``fastnas.darts.model_search``); the supernet's shape keys
+    are then ignored, ``genotype()`` is ``export()``, and ``fixed_model()`` gives the result.
     """
 
     checkpoint_kind = ("search", "darts")
