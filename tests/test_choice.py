@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import fastnas
+import fastnas.checkpoint
 from fastnas import Choice, DARTSOptimizer, InputChoice, UserError
 from fastnas.choice import FixedInputChoice
 from fastnas.darts.model_search import search_model
@@ -77,6 +78,32 @@ def test_every_choice_sums_through_the_kernel_weighted_sum(monkeypatch):
     opt = optimizer()
     opt.model(batches(3)[0][0])
     assert calls == [3, 2, 2, 3]
+
+
+def test_the_choices_run_the_triton_weighted_sum_under_the_triton_backend():
+    """Forced to Triton (the interpreter on a CPU, compiled on CUDA), every choice's sum is the
+    kernel, forward and backward, and the logits and alpha gradients match the torch path."""
+    from fastnas import kernels
+    from fastnas.kernels import dispatch
+
+    if not dispatch.HAS_TRITON or not (dispatch.INTERPRET or torch.cuda.is_available()):
+        pytest.skip("needs Triton (compiled on CUDA, or TRITON_INTERPRET=1 on a CPU)")
+    device = "cuda" if torch.cuda.is_available() and not dispatch.INTERPRET else "cpu"
+    x, y = (t.to(device) for t in batches(3, n=4, dtype=torch.float32)[0])
+    runs = {}
+    for backend in ("torch", "triton"):
+        kernels.reset_launch_counts()
+        with kernels.use_backend(backend):
+            opt = optimizer(precision="fp32", device=device)
+            logits = opt.model(x)
+            F.cross_entropy(logits, y).backward()
+        runs[backend] = logits.detach(), [a.grad.clone() for a in opt.arch_parameters()]
+        counts = kernels.launch_counts()
+    assert counts.get("weighted_sum_fwd", 0) == 4 and counts.get("weighted_sum_bwd", 0) > 0, counts
+    (lt, gt), (lk, gk) = runs["torch"], runs["triton"]
+    torch.testing.assert_close(lk, lt, rtol=1e-5, atol=1e-6)
+    for a, b in zip(gk, gt):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 # -- the bi-level step -----------------------------------------------------------------------------
@@ -167,6 +194,27 @@ def test_compiled_search_takes_the_eager_steps(monkeypatch):
         runs.append([p.detach().clone() for p in opt.model.parameters()])
     for eager, compiled_ in zip(*runs):
         torch.testing.assert_close(compiled_, eager, rtol=1e-9, atol=1e-12)
+
+
+def test_a_state_loads_only_into_a_search_of_the_same_choices(tmp_path):
+    opt = optimizer()
+    opt.step(batches(1)[0], batches(2)[0])
+    path = str(tmp_path / "search.pt")
+    opt.save(path)
+    state = fastnas.checkpoint.load_checkpoint(path)
+    assert state["choices"] == ["a", "b", "c", "merge"]
+    again = optimizer(seed=1)
+    again.load_state_dict(state)
+    for (k, v), w in zip(opt.model.state_dict().items(), again.model.state_dict().values()):
+        assert torch.equal(v, w), k
+    with pytest.raises(ValueError, match="rebuild it with DARTSOptimizer"):
+        DARTSOptimizer.load(path)
+    supernet = DARTSOptimizer(dict(channels=4, layers=3, num_nodes=2, device="cpu"))
+    with pytest.raises(ValueError, match="not of a search inside your model"):
+        opt.load_state_dict(supernet.state_dict())
+    other = nn.Sequential(nn.Flatten(), fastnas.Choice([nn.Linear(36, 3), nn.Linear(36, 3)]))
+    with pytest.raises(ValueError, match="are not this model's"):
+        DARTSOptimizer(dict(CONFIG), model=other).load_state_dict(state)
 
 
 # -- the answer ------------------------------------------------------------------------------------

@@ -131,6 +131,18 @@ class DARTSOptimizer(Resumable):
         trainable on its own and ``torch.save``-able."""
         return self._model_search().fixed_model()
 
+    def _check_choices(self, saved) -> None:
+        """A ValueError unless a state's choices (None: a supernet search) are this search's."""
+        mine = None if self.user_model is None else list(self.model.space.names)
+        if saved is None and mine is not None:
+            raise ValueError("the state is of a DARTS supernet search, not of a search inside "
+                             "your model")
+        if saved is not None and mine is None:
+            raise ValueError("the state is of a search inside your own model: rebuild it with "
+                             "DARTSOptimizer(config, model=net), then load_state_dict(state)")
+        if saved is not None and list(saved) != mine:
+            raise ValueError(f"the state's choices {list(saved)} are not this model's {mine}")
+
     def _model_search(self) -> ModelSearch:
         if self.user_model is None:
             raise UserError("export() and fixed_model() answer a search inside your own model "
@@ -351,6 +363,7 @@ class DARTSOptimizer(Resumable):
             "told": [(str(g), s) for g, s in self.told],
             "nonfinite": self.guard.state_dict(),
             "relaxation": self.model.relaxation.state_dict(),
+            **({"choices": list(self.model.space.names)} if self.user_model is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -361,6 +374,7 @@ class DARTSOptimizer(Resumable):
                    if k not in state]
         if missing:
             raise ValueError(f"not a DARTSOptimizer state: missing {missing}")
+        self._check_choices(state.get("choices"))
         check_tensors_fit(self.model, state["model"])
         self.model.load_state_dict(state["model"])
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])
