@@ -50,6 +50,12 @@ class _Owned(nn.Module):
         super().__init__()
         object.__setattr__(self, "_owner", None)
 
+    def __getstate__(self):
+        """Pickled (``torch.save`` of a whole model) without the link to its search."""
+        state = dict(self.__dict__)
+        state["_owner"] = None
+        return state
+
     def attach(self, owner: Any) -> None:
         """Mix with ``owner.mixing_of(self) -> (w [K], index or None)`` from now on."""
         object.__setattr__(self, "_owner", weakref.ref(owner))

@@ -217,6 +217,30 @@ def test_a_state_loads_only_into_a_search_of_the_same_choices(tmp_path):
         DARTSOptimizer(dict(CONFIG), model=other).load_state_dict(state)
 
 
+class Squares(Relaxation):
+    """Softmax weights and a penalty ``c * sum of squares`` over ``{choice: alphas}``."""
+
+    def weights(self, alphas, phase):
+        return F.softmax(alphas, -1)
+
+    def penalty(self, alphas):
+        return 0.5 * sum((a ** 2).sum() for a in alphas.values())
+
+
+def test_the_relaxation_penalty_joins_the_validation_loss_over_the_choices():
+    torch.manual_seed(0)
+    opt = DARTSOptimizer(dict(CONFIG, order=1), model=OwnNet(), relaxation=Squares())
+    with torch.no_grad():
+        for a in opt.arch_parameters():
+            a.normal_(0, 0.5)
+    x, y = batches(2)[0]
+    loss, _ = opt.architect.val_loss(x, y)
+    alphas = opt.arch_parameters()
+    expected = F.cross_entropy(opt.model(x), y) + 0.5 * sum((a ** 2).sum() for a in alphas)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    assert set(opt.model.arch.by_type()) == {"a", "b", "c", "merge"}
+
+
 # -- the answer ------------------------------------------------------------------------------------
 def set_alphas(opt, rows):
     with torch.no_grad():
@@ -278,6 +302,12 @@ def test_a_choice_outside_a_search_is_a_one_line_error():
     net = OwnNet()
     with pytest.raises(UserError, match="no mixing weights outside a search"):
         net(batches(3)[0][0].float())
+    opt = optimizer()   # a model saved whole in the search loads without its search
+    buffer = io.BytesIO()
+    torch.save(opt.user_model, buffer)
+    buffer.seek(0)
+    with pytest.raises(UserError, match="no mixing weights outside a search"):
+        torch.load(buffer, weights_only=False)(batches(3)[0][0])
     with pytest.raises(UserError, match="nothing to search"):
         DARTSOptimizer(dict(CONFIG), model=nn.Linear(2, 2))
 
