@@ -4,7 +4,7 @@
 which gives the rest of the search what a built-in supernet gives it:
 
 - ``arch`` (``ChoiceParameters``): one alpha vector per choice of ``net`` (``fastnas.choice``;
-  module paths in ``named_modules`` order), registered ``arch.alphas.<i>`` and drawn
+  module paths in ``named_modules`` order), registered ``arch.alphas_list.<i>`` and drawn
   ``1e-3 * randn(1, K)`` in that order; the phase of the next passes, ``mixing_of(choice)``
   through the relaxation, ``strengths()`` per choice (what ``alphas.json`` and ``export`` read),
   ``penalty()``, ``set_epoch`` and the relaxation's state;
@@ -36,10 +36,6 @@ import torch.nn as nn
 from ..choice import Choice, FixedInputChoice, InputChoice, choice_space, find_choices
 from ..errors import UserError
 from ..space import EVALUATION, WEIGHTS, Relaxation, Softmax, check_phase
-
-# The config keys that describe the built-in supernet; ``model=`` ignores them.
-SUPERNET_KEYS = ("channels", "layers", "num_nodes", "supernet", "checkpointing", "in_channels",
-                 "num_classes")
 
 
 class ChoiceParameters(nn.Module):
@@ -190,7 +186,8 @@ class ModelSearch(nn.Module):
 def search_model(model: nn.Module):
     """The builder ``DARTSOptimizer`` calls instead of ``build_supernet`` for ``model=``: takes
     ``build_supernet``'s arguments, keeps the relaxation, ignores the supernet's shape
-    (``SUPERNET_KEYS``) and refuses the options that act on a cell's edges."""
+    (``channels``, ``layers``, ``num_nodes``, ``in_channels``, ``num_classes``, ...) and refuses
+    the options that act on a cell's edges."""
 
     def build(supernet: str = "fast", *, relaxation: Optional[Relaxation] = None,
               partial_channels: int = 1, edge_normalization: bool = False,
@@ -206,4 +203,4 @@ def search_model(model: nn.Module):
     return build
 
 
-__all__ = ["ChoiceParameters", "ModelSearch", "SUPERNET_KEYS", "search_model"]
+__all__ = ["ChoiceParameters", "ModelSearch", "search_model"]
