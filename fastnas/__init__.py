@@ -9,7 +9,8 @@ The layers, each importing only the ones below it (checked by import-linter, see
       paper                  search-step profile, the DARTS paper's checkpoints
     reports                  alpha history, figures, Graphviz cells, TensorBoard
     darts | enas | training  the search strategies and final training
-    supernet | networks      the DARTS supernet (reference and fast) and the final networks
+    supernet | networks      the DARTS supernet (reference and fast) and the final networks;
+      | choice               Choice and InputChoice, the mixed ops of a search in your own model
     space                    the cell space, the relaxation, the architecture parameters
     genotypes                discrete architectures
     ops                      candidate ops as modules, the cell plan, fused CPU Functions
@@ -52,6 +53,7 @@ def _mount_checkout_kernels() -> None:
 _mount_checkout_kernels()
 
 from . import data, enas, genotypes  # noqa: E402
+from .choice import Choice, InputChoice  # noqa: E402
 from .darts import Architect, DARTSConfig, DARTSOptimizer  # noqa: E402
 from .enas import ENASConfig, ENASOptimizer, MacroArch, MacroNetwork  # noqa: E402
 from .errors import UserError  # noqa: E402
@@ -82,8 +84,9 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Architect", "DARTSConfig", "DARTSOptimizer", "ENASConfig", "ENASOptimizer",
-    "FastSearchNetwork", "FinalTrainer", "Genotype", "MacroArch", "MacroNetwork", "MixedOp",
+    "Architect", "Choice", "DARTSConfig", "DARTSOptimizer", "ENASConfig", "ENASOptimizer",
+    "FastSearchNetwork", "FinalTrainer", "Genotype", "InputChoice", "MacroArch", "MacroNetwork",
+    "MixedOp",
     "NetworkCIFAR", "NetworkImageNet", "OPS", "PRIMITIVES", "SearchCell", "SearchNetwork",
     "TrainConfig", "UserError", "count_multiply_adds", "count_parameters", "data", "enas",
     "genotypes", "load_model", "load_paper_state_dict", "train_genotype",

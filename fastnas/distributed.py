@@ -147,6 +147,16 @@ def average_(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
     return tensors
 
 
+def broadcast_(tensors: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+    """Replace each tensor by rank 0's, in place (one broadcast per tensor): replicas built
+    from different random draws start identical."""
+    if active():
+        with torch.no_grad():
+            for t in tensors:
+                dist.broadcast(t, src=0)
+    return tensors
+
+
 def averaged(tensors: Sequence[Optional[torch.Tensor]]) -> List[Optional[torch.Tensor]]:
     """The mean over ranks of each tensor (new tensors; ``None`` entries stay ``None``)."""
     if not active():
@@ -225,5 +235,6 @@ def barrier() -> None:
 
 __all__ = ["BACKENDS", "DEFAULT_TIMEOUT_S", "Launch", "active", "all_finite", "average_",
            "average_buffers", "average_gradients", "averaged", "barrier", "broadcast",
+           "broadcast_",
            "collective_failure", "gather",
            "init", "is_main", "launched", "rank", "shutdown", "sum_", "world_size"]

@@ -69,6 +69,29 @@ def to_device(batch: Batch, device: torch.device, dtype: Optional[torch.dtype] =
     return x, y.to(device, non_blocking=non_blocking)
 
 
+def check_pair(name: str, batch: Any) -> Batch:
+    """``batch`` as an ``(x, y)`` pair of tensors with the same number ``N >= 1`` of rows, ``x``
+    floating-point and finite, or a TypeError/ValueError naming what is wrong: the check of a
+    batch for a model of the user's own (any input shape, any targets its loss takes)."""
+    try:
+        x, y = batch
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be an (inputs, targets) pair of tensors") from None
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"{name} must be an (inputs, targets) pair of tensors, got "
+                        f"({type(x).__name__}, {type(y).__name__})")
+    if x.dim() == 0 or x.shape[0] == 0:
+        raise ValueError(f"{name}: the batch is empty (inputs of shape {tuple(x.shape)})")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: inputs must be a floating-point tensor, got {x.dtype}")
+    if y.dim() == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"{name}: targets must have one row per input, got shape "
+                         f"{tuple(y.shape)} for inputs {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: inputs hold NaN or Inf values")
+    return x, y
+
+
 def check_batch(name: str, batch: Any, in_channels: Optional[int] = None,
                 num_classes: Optional[int] = None) -> Batch:
     """``batch`` as an ``(x, y)`` pair, or a TypeError/ValueError that names what is wrong:
@@ -322,6 +345,6 @@ def console_progress(owner: Any, stage: str, show: Union[bool, str], loader: Ite
 
 
 __all__ = ["Batch", "BatchStream", "NONFINITE_POLICIES", "NonFiniteGuard", "RunningMean",
-           "accuracy", "check_batch", "check_epochs", "console_progress", "grad_norm", "max_abs",
-           "cosine_lr", "paired",
+           "accuracy", "check_batch", "check_epochs", "check_pair", "console_progress",
+           "grad_norm", "max_abs", "cosine_lr", "paired",
            "run_epochs", "to_device"]

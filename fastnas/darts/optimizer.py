@@ -24,6 +24,7 @@ from ..engine import (
     accuracy,
     check_batch,
     check_epochs,
+    check_pair,
     console_progress,
     cosine_lr,
     grad_norm,
@@ -31,6 +32,7 @@ from ..engine import (
     run_epochs,
     to_device,
 )
+from ..errors import UserError
 from ..genotypes import Genotype
 from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 from ..space import WEIGHTS, CellSpace, Relaxation
@@ -38,6 +40,7 @@ from ..supernet import build_supernet, check_kernels
 from ..supernet.compiled import compile_supernet, differentiating
 from .architect import Architect, cross_entropy
 from .config import DARTSConfig
+from .model_search import ModelSearch, search_model
 from .precision import Precision
 
 
@@ -52,13 +55,18 @@ class DARTSOptimizer(Resumable):
     penalty). As a search strategy it answers ``architecture()`` (the genotype derived from
     the current alphas) and ``evaluate(loader)`` (the supernet's loss and accuracy), like
     ``ENASOptimizer``.
+
+    ``model``: search the ``fastnas.Choice``/``InputChoice`` modules of your own ``nn.Module``
+    instead of the DARTS supernet (``fastnas.darts.model_search``); the supernet's shape keys
+    are then ignored, ``genotype()`` is ``export()``, and ``fixed_model()`` gives the result.
     """
 
     checkpoint_kind = ("search", "darts")
 
     def __init__(self, config: Union[Mapping[str, Any], DARTSConfig, None] = None, *,
                  space: Optional[CellSpace] = None, relaxation: Optional[Relaxation] = None,
-                 loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None):
+                 loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None,
+                 model: Optional[nn.Module] = None):
         self.config = DARTSConfig.from_dict(config)
         cfg = self.config
         if space is not None and space.num_nodes != cfg.num_nodes:
@@ -70,11 +78,15 @@ class DARTSOptimizer(Resumable):
         self.precision = Precision(cfg.precision, self.device)
         self.dtype = self.precision.param_dtype
         self.kernels = check_kernels(cfg.supernet, self.device, self.dtype, cfg.required_kernels)
-        self.model = build_supernet(
+        self.user_model = model   # model=: search its Choices (fastnas.darts.model_search)
+        build = build_supernet if model is None else search_model(model)
+        self.model = build(
             cfg.supernet, C=cfg.channels, num_classes=cfg.num_classes, layers=cfg.layers,
             num_nodes=cfg.num_nodes, in_channels=cfg.in_channels,
             checkpointing=cfg.checkpointing, space=space,
             relaxation=relaxation).to(self.device, self.dtype)
+        if model is not None:
+            distributed.broadcast_(list(self.model.state_dict().values()))  # identical replicas
         self.loss = cross_entropy if loss is None else loss
         if cfg.compile:
             compile_supernet(self.model, cfg.compile_mode)
@@ -105,8 +117,38 @@ class DARTSOptimizer(Resumable):
         return list(self.model.weights())
 
     def genotype(self) -> Genotype:
-        """The genotype derived from the current alphas (the paper's rule)."""
+        """The genotype derived from the current alphas (the paper's rule); with ``model=``,
+        ``export()``."""
         return self.model.genotype()
+
+    def export(self) -> Dict[str, Any]:
+        """With ``model=``: ``{choice path: chosen candidate name}`` (an ``InputChoice``: its
+        chosen input indices), JSON-able (``fastnas.darts.model_search``)."""
+        return self._model_search().export()
+
+    def fixed_model(self) -> nn.Module:
+        """With ``model=``: a copy of the model with every choice replaced by its chosen module,
+        trainable on its own and ``torch.save``-able."""
+        return self._model_search().fixed_model()
+
+    def _check_choices(self, saved) -> None:
+        """A ValueError unless a state's choices (None: a supernet search) are this search's."""
+        mine = None if self.user_model is None else list(self.model.space.names)
+        if saved is None and mine is not None:
+            raise ValueError("the state is of a DARTS supernet search, not of a search inside "
+                             "your model")
+        if saved is not None and mine is None:
+            raise ValueError("the state is of a search inside your own model: rebuild it with "
+                             "DARTSOptimizer(config, model=net), then load_state_dict(state)")
+        if saved is not None and list(saved) != mine:
+            raise ValueError(f"the state's choices {list(saved)} are not this model's {mine}")
+
+    def _model_search(self) -> ModelSearch:
+        if self.user_model is None:
+            raise UserError("export() and fixed_model() answer a search inside your own model "
+                            "(DARTSOptimizer(config, model=net)); this one searches the DARTS "
+                            "supernet: use genotype()")
+        return self.model
 
     def architecture(self) -> Genotype:
         """The search's current answer: ``genotype()``."""
@@ -131,6 +173,8 @@ class DARTSOptimizer(Resumable):
 
     def _batch(self, name: str, batch) -> Batch:
         cfg = self.config
+        if self.user_model is not None:   # the user's model knows its inputs and classes
+            return to_device(check_pair(name, batch), self.device, self.dtype)
         return to_device(check_batch(name, batch, cfg.in_channels, cfg.num_classes),
                          self.device, self.dtype)
 
@@ -319,6 +363,7 @@ class DARTSOptimizer(Resumable):
             "told": [(str(g), s) for g, s in self.told],
             "nonfinite": self.guard.state_dict(),
             "relaxation": self.model.relaxation.state_dict(),
+            **({"choices": list(self.model.space.names)} if self.user_model is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -329,6 +374,7 @@ class DARTSOptimizer(Resumable):
                    if k not in state]
         if missing:
             raise ValueError(f"not a DARTSOptimizer state: missing {missing}")
+        self._check_choices(state.get("choices"))
         check_tensors_fit(self.model, state["model"])
         self.model.load_state_dict(state["model"])
         self.weight_optimizer.load_state_dict(state["weight_optimizer"])

@@ -4,6 +4,8 @@
   space's ops (``fastnas.space``; DARTS: ``softmax(alpha_e)`` over ``PRIMITIVES``, the weights
   ``w_e,k`` of ``sum_k w_e,k op_k(x)``), as the search's history records hold them after each
   epoch; ``what`` is the relaxation's name for them (``alphas_what`` in the records).
+- DARTS inside the user's model (``fastnas.Choice``): per choice, the strengths over its
+  candidates (``space`` is the search's ``ChoiceSpace``, ``choice_panels``).
 - ENAS: per controller decision, the probabilities ``softmax(l_t)`` of its options in the
   controller's greedy pass after each epoch (micro: per cell and node, two inputs and two ops;
   macro: per layer an op and one skip bit per earlier layer).
@@ -28,10 +30,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 from ..checkpoint import write_text_atomic
+from ..choice import ChoiceSpace
 from ..enas.macro import MACRO_OPS
 from ..enas.micro import MICRO_OPS
 from ..limits import MAX_LAYERS, MAX_NODES, MAX_OPTIONS, MAX_PANELS, check_at_most
@@ -85,7 +89,8 @@ class AlphaHistory:
         if method == "darts":
             if space is None:
                 space = darts_space(int(config.get("num_nodes", 4)))
-            panels = space_panels(space)
+            panels = (choice_panels(space) if isinstance(space, ChoiceSpace)
+                      else space_panels(space))
             keys = tuple(f"alphas_{t}" for t in space.cell_types)
             what = next((str(r["alphas_what"]) for r in reversed(history) if "alphas_what" in r),
                         "softmax of the alphas per edge")
@@ -192,6 +197,15 @@ def space_panels(space: CellSpace) -> List[Panel]:
             for cell in space.cell_types for e in space.edges]
 
 
+def choice_panels(space: ChoiceSpace) -> List[Panel]:
+    """The choices of a search inside the user's model (``DARTSOptimizer(config, model=net)``),
+    one panel per choice (module path) over its candidates, one column."""
+    return [Panel("choices", i, 0, f"{name} ({kind})", re.sub(r"[^A-Za-z0-9_]", "_", name),
+                  tuple(options))
+            for i, (name, options, kind) in enumerate(zip(space.names, space.options,
+                                                          space.kinds))]
+
+
 def micro_panels(num_nodes: int) -> List[Panel]:
     """The micro controller's decisions: per cell, per node ``[input a, input b, op a, op b]``."""
     panels = []
@@ -224,5 +238,5 @@ def write_alpha_history(path: str, method: str, config: Mapping[str, Any],
     AlphaHistory.from_search(method, config, history, space).write(path)
 
 
-__all__ = ["AlphaHistory", "Panel", "darts_panels", "macro_panels", "micro_panels",
+__all__ = ["AlphaHistory", "Panel", "choice_panels", "darts_panels", "macro_panels", "micro_panels",
            "space_panels", "state_name", "write_alpha_history"]
