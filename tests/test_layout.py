@@ -179,7 +179,7 @@ def test_the_tree_shows_the_layers():
                            ("ops/functional", {"batch_norm", "conv_blocks", "depthwise",
                                                "grad_edges", "list_op", "node_sum", "pointwise"}),
                            ("supernet", {"reference", "fast", "recompute", "stages",
-                                         "compiled", "launches"}),
+                                         "compiled", "launches", "nb201_reference"}),
                            ("darts", {"architect", "config", "optimizer", "precision"}),
                            ("reports", {"alphas", "cells", "extras", "figures", "plots",
                                         "tensorboard"}),

@@ -14,9 +14,10 @@
     'NB201 table: CIFAR-10 94.37, CIFAR-100 73.22, ImageNet16-120 46.71'
 """
 from .cell import NB201_CELLS, NB201_EDGES, NB201_OPS, NB201Cell, resolve_cell
-from .network import NB201Network
-from .space import is_nb201_space, nb201_space
+from .network import NB201Network, ResNetBasicBlock
+from .space import CELL_TYPE, is_nb201_space, nb201_space
 from .table import TABLE_DATASETS, Accuracies, Table, lookup
 
-__all__ = ["Accuracies", "NB201Cell", "NB201Network", "NB201_CELLS", "NB201_EDGES", "NB201_OPS",
-           "TABLE_DATASETS", "Table", "is_nb201_space", "lookup", "nb201_space", "resolve_cell"]
+__all__ = ["Accuracies", "CELL_TYPE", "NB201Cell", "NB201Network", "NB201_CELLS", "NB201_EDGES",
+           "NB201_OPS", "ResNetBasicBlock", "TABLE_DATASETS", "Table", "is_nb201_space", "lookup",
+           "nb201_space", "resolve_cell"]

@@ -1,0 +1,273 @@
+"""The NAS-Bench-201 search supernets: the reference against a line-by-line re-implementation of
+xautodl's search model (``TinyNetworkDarts`` / ``TinyNetworkGDAS`` with ``NAS201SearchCell``),
+and the fast one against the reference (float64, 1e-10) for softmax and a hard (GDAS-like)
+straight-through relaxation."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from test_nb201 import (
+    ALL_SKIP,
+    BEST,
+    MIXED,
+    X_OPS,
+    XPooling,
+    XResNetBasicblock,
+    XTinyNetwork,
+    count,
+    hand_count,
+    xautodl_genotype,
+)
+
+from fastnas.nb201 import NB201_OPS, NB201Cell
+from fastnas.space import Relaxation, Softmax
+from fastnas.supernet.nb201_reference import NB201SearchNetwork
+
+TINY = dict(C=4, N=1, num_classes=3)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+def batch(n=3, size=8, seed=1, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, 3, size, size, generator=g, dtype=torch.float64),
+            torch.randint(0, classes, (n,), generator=g))
+
+
+class HardStraightThrough(Relaxation):
+    """A test relaxation with GDAS's form and no noise: ``p = softmax(a)``, one op per edge
+    picked by a fixed pattern (not the argmax, so every op family is selected somewhere, ``none``
+    included), weights ``onehot - p.detach() + p``."""
+
+    name = "hard-test"
+
+    def __init__(self, pattern=(1, 3, 2, 4, 0, 3)):
+        self.pattern = torch.tensor(pattern)
+
+    def weights(self, a, phase):
+        return self.sample(a, phase)[0]
+
+    def sample(self, a, phase):
+        p = F.softmax(a, dim=-1)
+        index = self.pattern[:a.shape[0]] % a.shape[1]
+        onehot = torch.zeros_like(p).scatter_(-1, index.view(-1, 1).to(a.device), 1.0)
+        return onehot - p.detach() + p, index
+
+
+# -- xautodl's search model, line by line ---------------------------------------------------------
+class XLibReLUConvBN(nn.Module):
+    """ReLUConvBN of xautodl's lib/models/cell_operations.py (2019): a bias-free conv. (The later
+    package gives the conv a bias when ``affine=False``; a BN cancels it, see the supernet.)"""
+
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine,
+                 track_running_stats=True):
+        super().__init__()
+        self.op = nn.Sequential(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding,
+                      dilation=dilation, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats))
+
+    def forward(self, x):
+        return self.op(x)
+
+
+X_SEARCH_OPS = {
+    **X_OPS,
+    "avg_pool_3x3": lambda C_in, C_out, stride, affine, trs: XPooling(C_in, C_out, stride,
+                                                                      affine, trs),
+    "nor_conv_3x3": lambda C_in, C_out, stride, affine, trs: XLibReLUConvBN(
+        C_in, C_out, (3, 3), (stride, stride), (1, 1), (1, 1), affine, trs),
+    "nor_conv_1x1": lambda C_in, C_out, stride, affine, trs: XLibReLUConvBN(
+        C_in, C_out, (1, 1), (stride, stride), (0, 0), (1, 1), affine, trs),
+}
+
+
+class XSearchCell(nn.Module):
+    """NAS201SearchCell (search_cells.py) at stride 1, C_in == C_out."""
+
+    def __init__(self, C, max_nodes, op_names, affine=False, track_running_stats=True):
+        super().__init__()
+        self.edges = nn.ModuleDict()
+        self.max_nodes = max_nodes
+        for i in range(1, max_nodes):
+            for j in range(i):
+                self.edges["{:}<-{:}".format(i, j)] = nn.ModuleList(
+                    [X_SEARCH_OPS[name](C, C, 1, affine, track_running_stats)
+                     for name in op_names])
+        self.edge_keys = sorted(self.edges.keys())
+        self.edge2index = {key: i for i, key in enumerate(self.edge_keys)}
+        self.out_dim = C
+
+    def forward(self, inputs, weightss):
+        nodes = [inputs]
+        for i in range(1, self.max_nodes):
+            inter_nodes = []
+            for j in range(i):
+                node_str = "{:}<-{:}".format(i, j)
+                weights = weightss[self.edge2index[node_str]]
+                inter_nodes.append(sum(layer(nodes[j]) * w
+                                       for layer, w in zip(self.edges[node_str], weights)))
+            nodes.append(sum(inter_nodes))
+        return nodes[-1]
+
+    def forward_gdas(self, inputs, hardwts, index):
+        nodes = [inputs]
+        for i in range(1, self.max_nodes):
+            inter_nodes = []
+            for j in range(i):
+                node_str = "{:}<-{:}".format(i, j)
+                weights = hardwts[self.edge2index[node_str]]
+                argmaxs = index[self.edge2index[node_str]].item()
+                inter_nodes.append(sum(weights[_ie] * edge(nodes[j]) if _ie == argmaxs
+                                       else weights[_ie]
+                                       for _ie, edge in enumerate(self.edges[node_str])))
+            nodes.append(sum(inter_nodes))
+        return nodes[-1]
+
+
+class XTinyNetworkSearch(nn.Module):
+    """TinyNetworkDarts / TinyNetworkGDAS (search_model_darts.py, search_model_gdas.py)."""
+
+    def __init__(self, C, N, max_nodes, num_classes, search_space, affine, track_running_stats):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, C, kernel_size=3, padding=1, bias=False),
+                                  nn.BatchNorm2d(C))
+        layer_channels = [C] * N + [C * 2] + [C * 2] * N + [C * 4] + [C * 4] * N
+        layer_reductions = [False] * N + [True] + [False] * N + [True] + [False] * N
+        C_prev = C
+        self.cells = nn.ModuleList()
+        for C_curr, reduction in zip(layer_channels, layer_reductions):
+            if reduction:
+                cell = XResNetBasicblock(C_prev, C_curr, 2)
+            else:
+                cell = XSearchCell(C_curr, max_nodes, search_space, affine, track_running_stats)
+            self.cells.append(cell)
+            C_prev = cell.out_dim
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C_prev), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        self.arch_parameters = nn.Parameter(1e-3 * torch.randn(6, len(search_space)))
+
+    def forward(self, inputs, hardwts=None, index=None):
+        alphas = F.softmax(self.arch_parameters, dim=-1)
+        feature = self.stem(inputs)
+        for cell in self.cells:
+            if isinstance(cell, XSearchCell):
+                feature = (cell(feature, alphas) if hardwts is None
+                           else cell.forward_gdas(feature, hardwts, index))
+            else:
+                feature = cell(feature)
+        out = self.global_pooling(self.lastact(feature))
+        out = out.view(out.size(0), -1)
+        return out, self.classifier(out)
+
+
+def x_params(theirs):
+    """xautodl's weights, then its alphas (``parameters()`` lists a module's own first)."""
+    return [p for n, p in theirs.named_parameters() if n != "arch_parameters"] + [
+        theirs.arch_parameters]
+
+
+def x_pair(track_running_stats=False, relaxation=None, C=4, N=1, seed=0):
+    """xautodl's search net and ours with the same (random) tensors, in float64."""
+    torch.manual_seed(seed)
+    theirs = XTinyNetworkSearch(C, N, 4, 3, list(NB201_OPS), False, track_running_stats).double()
+    ours = NB201SearchNetwork(C=C, N=N, num_classes=3, relaxation=relaxation,
+                              track_running_stats=track_running_stats).double()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.uniform_(-0.5, 0.5)
+        for name, b in theirs.named_buffers():
+            if "running_var" in name:
+                b.uniform_(0.5, 1.5)
+            elif "running_mean" in name:
+                b.uniform_(-0.2, 0.2)
+    theirs_state = theirs.state_dict()
+    alphas = theirs_state.pop("arch_parameters")
+    ours_state = ours.state_dict()
+    assert list(ours_state)[0] == "alphas_cell"
+    ours_state.pop("alphas_cell")
+    assert [v.shape for v in theirs_state.values()] == [v.shape for v in ours_state.values()]
+    ours.load_state_dict({"alphas_cell": alphas, **dict(zip(ours_state, theirs_state.values()))})
+    return theirs, ours
+
+
+@pytest.mark.parametrize("track_running_stats", [False, True])
+def test_reference_computes_xautodls_search_model_in_float64(track_running_stats):
+    """Softmax (DARTS): logits and every gradient of the reference equal xautodl's search
+    model's, in training and (its running statistics, or batch statistics) in eval mode."""
+    theirs, ours = x_pair(track_running_stats)
+    x, y = batch()
+    for train in (True, False):
+        theirs.train(train)
+        ours.train(train)
+        lt, lo = theirs(x)[1], ours(x)
+        torch.testing.assert_close(lo, lt, rtol=1e-12, atol=1e-12)
+    theirs.train(), ours.train()
+    gt = torch.autograd.grad(F.cross_entropy(theirs(x)[1], y), x_params(theirs))
+    go = torch.autograd.grad(F.cross_entropy(ours(x), y),
+                             [*list(ours.weights()), *ours.alphas()])
+    for a, b in zip(go, gt):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_reference_is_xautodls_forward_gdas_with_a_selected_op():
+    """With an op selected per edge, the reference is ``NAS201SearchCell.forward_gdas``: only
+    the selected op runs, the others add their weights as scalars (and get a gradient)."""
+    relaxation = HardStraightThrough()
+    theirs, ours = x_pair(relaxation=relaxation)
+    x, y = batch()
+    hardwts, index = relaxation.sample(theirs.arch_parameters, "weights")
+    lt = theirs(x, hardwts, index)[1]
+    lo = ours(x)
+    assert ours.arch.selected["cell"].tolist() == index.tolist()
+    torch.testing.assert_close(lo, lt, rtol=1e-12, atol=1e-12)
+    gt = torch.autograd.grad(F.cross_entropy(lt, y), x_params(theirs), allow_unused=True)
+    go = torch.autograd.grad(F.cross_entropy(lo, y), [*list(ours.weights()), *ours.alphas()],
+                             allow_unused=True)
+    for a, b in zip(go, gt):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert go[-1].abs().min() > 0   # every alpha, the unselected ones too, has a gradient
+
+
+def test_weight_count_equals_xautodls_search_model():
+    torch.manual_seed(0)
+    ours = NB201SearchNetwork()
+    theirs = XTinyNetworkSearch(16, 5, 4, 10, list(NB201_OPS), False, True)
+    assert count(ours) == count(theirs)
+    assert [p.shape for p in ours.weights()] == [p.shape for p in x_params(theirs)][:-1]
+
+
+@pytest.mark.parametrize("text", [BEST, ALL_SKIP, MIXED])
+def test_the_derived_network_has_xautodls_weight_count(text):
+    net = NB201SearchNetwork()
+    cell = NB201Cell.parse(text)
+    with torch.no_grad():
+        net.alphas_cell.zero_()
+        for e, op in enumerate(cell.ops):
+            net.alphas_cell[e, NB201_OPS.index(op)] = 1.0
+    assert net.genotype() == cell
+    derived = net.derived_network()
+    assert count(derived) == count(XTinyNetwork(16, 5, xautodl_genotype(text), 10)) \
+        == hand_count(text)
+
+
+def test_search_network_basics():
+    net = NB201SearchNetwork(**TINY)
+    assert [n for n, _ in net.named_parameters()][-1] == "arch.alphas_cell"
+    assert net.alphas() == [net.alphas_cell] and net.alphas_cell.shape == (6, 5)
+    assert isinstance(net.relaxation, Softmax)
+    assert len(list(net.weights())) + 1 == len(list(net.parameters()))
+    assert isinstance(net.genotype(), NB201Cell)
+    assert net.search_cells == [0, 2, 4]
+    with pytest.raises(ValueError, match="search cells"):
+        net.set_checkpointing([1])
+    x = torch.randn(2, 3, 8, 8)
+    net.set_checkpointing(True)
+    net(x).sum().backward()
+    assert net.alphas_cell.grad is not None
