@@ -94,7 +94,7 @@ class XSearchCell(nn.Module):
         self.max_nodes = max_nodes
         for i in range(1, max_nodes):
             for j in range(i):
-                self.edges["{:}<-{:}".format(i, j)] = nn.ModuleList(
+                self.edges[f"{i}<-{j}"] = nn.ModuleList(
                     [X_SEARCH_OPS[name](C, C, 1, affine, track_running_stats)
                      for name in op_names])
         self.edge_keys = sorted(self.edges.keys())
@@ -106,7 +106,7 @@ class XSearchCell(nn.Module):
         for i in range(1, self.max_nodes):
             inter_nodes = []
             for j in range(i):
-                node_str = "{:}<-{:}".format(i, j)
+                node_str = f"{i}<-{j}"
                 weights = weightss[self.edge2index[node_str]]
                 inter_nodes.append(sum(layer(nodes[j]) * w
                                        for layer, w in zip(self.edges[node_str], weights)))
@@ -118,7 +118,7 @@ class XSearchCell(nn.Module):
         for i in range(1, self.max_nodes):
             inter_nodes = []
             for j in range(i):
-                node_str = "{:}<-{:}".format(i, j)
+                node_str = f"{i}<-{j}"
                 weights = hardwts[self.edge2index[node_str]]
                 argmaxs = index[self.edge2index[node_str]].item()
                 inter_nodes.append(sum(weights[_ie] * edge(nodes[j]) if _ie == argmaxs

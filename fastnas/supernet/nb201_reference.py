@@ -197,7 +197,7 @@ class NB201SearchNetwork(nn.Module):
         return self.arch.derive()
 
     def derived_network(self, num_classes: Optional[int] = None) -> NB201Network:
-        """The NB201 network (xautodl's ``TinyNetwork``) of the derived cell at this ``C``, ``N``."""
+        """The NB201 network (xautodl's ``TinyNetwork``) of the derived cell, same C and N."""
         return NB201Network(self.genotype(), self.C, self.N,
                             self.num_classes if num_classes is None else num_classes,
                             self.in_channels)
