@@ -271,3 +271,102 @@ def test_search_network_basics():
     net.set_checkpointing(True)
     net(x).sum().backward()
     assert net.alphas_cell.grad is not None
+
+
+# -- the fast supernet against the reference ------------------------------------------------------
+def fast_pair(relaxation=None, track_running_stats=False, seed=0, **kw):
+    """A reference and a fast network with identical state and non-trivial alphas."""
+    from fastnas.supernet.nb201_fast import FastNB201SearchNetwork
+
+    kw = {**TINY, **kw}
+    torch.manual_seed(seed)
+    ref = NB201SearchNetwork(relaxation=relaxation, track_running_stats=track_running_stats,
+                             **kw)
+    with torch.no_grad():
+        ref.alphas_cell.normal_()
+    torch.manual_seed(seed)
+    fast = FastNB201SearchNetwork(relaxation=relaxation,
+                                  track_running_stats=track_running_stats, **kw)
+    return ref, fast
+
+
+def test_fast_has_the_references_modules_names_and_initialization():
+    torch.manual_seed(3)
+    ref = NB201SearchNetwork(**TINY)
+    _, fast = fast_pair(seed=3)
+    sr, sf = ref.state_dict(), fast.state_dict()
+    assert list(sr) == list(sf)
+    assert all(torch.equal(sr[k], sf[k]) for k in sr)
+    assert [n for n, _ in ref.named_weights()] == [n for n, _ in fast.named_weights()]
+    assert fast.genotype() == ref.genotype()
+
+
+@pytest.mark.parametrize("relaxation,track_running_stats", [
+    (None, False), (None, True), (HardStraightThrough(), False),
+    (HardStraightThrough((0, 0, 0, 4, 4, 2)), True),   # node 1 and 2: none alone, pools shared
+    (HardStraightThrough((2, 3, 2, 3, 3, 2)), False),  # only convs: stacked per kernel shape
+])
+def test_fast_equals_reference_in_float64(relaxation, track_running_stats):
+    """Logits, alpha and weight gradients and BatchNorm statistics of the fast supernet equal
+    the reference's to 1e-10 (float64), for softmax (DARTS) and a hard straight-through
+    relaxation (GDAS's form: only the selected ops run), in training and eval mode."""
+    ref, fast = fast_pair(relaxation, track_running_stats)
+    ref.double(), fast.double()
+    fast.load_state_dict(ref.state_dict())
+    x, y = batch()
+    out = {}
+    for name, net in (("ref", ref), ("fast", fast)):
+        logits = net(x)
+        grads = torch.autograd.grad(F.cross_entropy(logits, y), [*net.alphas(), *net.weights()],
+                                    allow_unused=True)
+        net.eval()
+        out[name] = (logits, grads, net(x))
+    assert rel(out["fast"][0], out["ref"][0]) < 1e-10
+    assert rel(out["fast"][2], out["ref"][2]) < 1e-10
+    # A gradient that is zero but for rounding (a BN bias whose shift a later BN cancels) is
+    # held to the scale of all gradients, every other one to its own.
+    scale = max(g.abs().max().item() for g in out["ref"][1] if g is not None)
+    for (n, _), g_fast, g_ref in zip([("alphas", None), *ref.named_weights()], out["fast"][1],
+                                     out["ref"][1]):
+        if g_ref is None and g_fast is None:
+            continue
+        g_ref = torch.zeros_like(g_fast) if g_ref is None else g_ref
+        g_fast = torch.zeros_like(g_ref) if g_fast is None else g_fast
+        denom = max(g_ref.abs().max().item(), 1e-3 * scale)
+        assert (g_fast - g_ref).abs().max().item() / denom < 1e-10, n
+    sr, sf = ref.state_dict(), fast.state_dict()
+    for k in sr:   # (a running mean of BN outputs is zero but for rounding: absolute there)
+        if sr[k].is_floating_point():
+            assert (sf[k] - sr[k]).abs().max() < 1e-10 * max(1.0, sr[k].abs().max()), k
+        else:
+            assert torch.equal(sr[k], sf[k]), k
+
+
+@pytest.mark.parametrize("relaxation", [None, HardStraightThrough()])
+def test_fast_runs_the_triton_kernels(relaxation):
+    """With the kernel backend forced to Triton (the interpreter on a CPU), the fused NB201 cells
+    sum their nodes with the Triton ``weighted_sum`` and match the reference."""
+    from fastnas import kernels
+    from fastnas.kernels import dispatch
+
+    if not dispatch.HAS_TRITON or not (dispatch.INTERPRET or torch.cuda.is_available()):
+        pytest.skip("needs Triton (compiled on CUDA, or TRITON_INTERPRET=1 on a CPU)")
+    device = "cuda" if torch.cuda.is_available() and not dispatch.INTERPRET else "cpu"
+    ref, fast = fast_pair(relaxation)
+    fast.load_state_dict(ref.state_dict())
+    ref, fast = ref.to(device), fast.to(device)
+    x, y = batch(n=2, size=6)
+    x, y = x.float().to(device), y.to(device)
+    kernels.reset_launch_counts()
+    with kernels.use_backend("triton"):
+        lf = fast(x)
+        F.cross_entropy(lf, y).backward()
+    counts = kernels.launch_counts()
+    lr = ref(x)
+    F.cross_entropy(lr, y).backward()
+    assert counts.get("weighted_sum_fwd", 0) > 0 and counts.get("weighted_sum_bwd", 0) > 0
+    assert rel(lf, lr) < 1e-4
+    assert rel(fast.alphas_cell.grad, ref.alphas_cell.grad) < 1e-4
+    for (name, a), b in zip(fast.named_weights(), ref.weights()):
+        if b.grad is not None and b.grad.abs().max() > 1e-6:
+            assert rel(a.grad, b.grad) < 1e-3, name
