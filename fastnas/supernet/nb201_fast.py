@@ -160,10 +160,10 @@ class FastNB201SearchCell(nn.Module):
             outputs = {}
             if groups:
                 with stage("convs"):
-                    N, C, H, W = x_j.shape
+                    C = x_j.shape[1]
                     y = _convs(torch.relu(x_j), [[op for _, op in g] for g in groups])
                     order = [e for g in groups for e, _ in g]
-                    views = [lambda t, m=m: t[:, m * C:(m + 1) * C].unsqueeze(1)
+                    views = [lambda t, m=m, C=C: t[:, m * C:(m + 1) * C].unsqueeze(1)
                              for m in range(len(order))]
                     outputs.update(zip([e.row for e in order], block_views(y, views)))
             pool = None
