@@ -10,11 +10,12 @@ state, once:
 - ``skip_connect`` is ``x_j`` itself;
 - ``avg_pool_3x3`` has no parameters and (NB201) no BatchNorm: computed once, shared by every
   reader edge;
-- ``nor_conv_1x1`` and ``nor_conv_3x3`` of every reader edge: ``relu(x_j)`` once, one conv per
-  kernel shape with the edges' weights stacked (``[E C, C, k, k]``), and one BatchNorm
-  (affine=False) over the concatenated channels ``[1x1 of each edge | 3x3 of each edge]`` with
-  each op's own statistics (``fastnas.ops.functional.batch_norm``; with
-  ``track_running_stats=False`` batch statistics in every mode).
+- ``nor_conv_1x1`` and ``nor_conv_3x3`` of every reader edge: ``relu(x_j)`` once, then per
+  kernel shape one conv with the edges' weights stacked (``[E C, C, k, k]``) and one
+  BatchNorm (affine=False) over its ``E C`` channels, each op's block with its own statistics
+  (``fastnas.ops.functional.batch_norm``; with ``track_running_stats=False`` batch statistics
+  in every mode). One BatchNorm over both kernel shapes would need their outputs concatenated:
+  that copy cost more than the second call (12% of a batch-64 step's CPU time, measured).
 
 Node ``i`` is then one weighted sum over all its edges and ops (``node_sum`` of the torch kernel
 set, Triton's ``weighted_sum`` on CUDA: the kernel sets of ``fastnas.supernet.fast``).
@@ -80,17 +81,14 @@ class _StatePlan:
         self.pool = edges[readers[0]].ops[self.k["avg_pool_3x3"]]
 
 
-def _convs(r: torch.Tensor, convs: Sequence[Sequence[ReLUConvBN]]) -> torch.Tensor:
-    """``BN(conv_m(r))`` for every op ``m`` of every list of ``convs`` (one list per kernel
-    shape, a non-empty list each): one conv call per list with the weights stacked, one
-    BatchNorm over the concatenated outputs ``[N, sum_lists len * C, H, W]``."""
-    ys = []
-    for ops in convs:
-        conv = ops[0].conv
-        w = torch.cat([op.conv.weight for op in ops]) if len(ops) > 1 else conv.weight
-        ys.append(F.conv2d(r, w, None, conv.stride, conv.padding))
-    y = torch.cat(ys, dim=1) if len(ys) > 1 else ys[0]
-    return batch_norm_blocks(y, [op.bn for ops in convs for op in ops])
+def _conv_block(r: torch.Tensor, ops: Sequence[ReLUConvBN]) -> torch.Tensor:
+    """``BN(conv_m(r))`` for every op ``m`` of ``ops`` (convs of one kernel shape, reading the
+    same ``r = relu(x)``): one conv call with the weights stacked ``[M C, C, k, k]``, one
+    BatchNorm over its output ``[N, M C, H, W]``."""
+    conv = ops[0].conv
+    w = torch.cat([op.conv.weight for op in ops]) if len(ops) > 1 else conv.weight
+    y = F.conv2d(r, w, None, conv.stride, conv.padding)
+    return batch_norm_blocks(y, [op.bn for op in ops])
 
 
 class FastNB201SearchCell(nn.Module):
@@ -120,11 +118,11 @@ class FastNB201SearchCell(nn.Module):
         with stage("pools"):
             pool = F.avg_pool2d(x, 3, 1, 1, count_include_pad=False).unsqueeze(1)
         with stage("convs"):
-            y = _convs(torch.relu(x), [plan.convs[name] for name in _CONVS])
-            views = [lambda t, e=e: t.view(N, 2, E, C, H, W)[:, :, e] for e in range(E)]
-            convs = block_views(y, views)
+            r = torch.relu(x)
+            views = [lambda t, e=e: t.view(N, E, C, H, W)[:, e:e + 1] for e in range(E)]
+            c1, c3 = (block_views(_conv_block(r, plan.convs[name]), views) for name in _CONVS)
         skip = x.unsqueeze(1)
-        return [[skip, conv, pool] for conv in convs]
+        return [[skip, a, b, pool] for a, b in zip(c1, c3)]
 
     def _forward_all(self, x: torch.Tensor, weights: torch.Tensor, kset) -> torch.Tensor:
         space = self.space
@@ -156,16 +154,17 @@ class FastNB201SearchCell(nn.Module):
             conv_groups = {name: [(e, conv) for e, conv, k in
                                   zip(readers, plan.convs[name], chosen) if k == plan.k[name]]
                            for name in _CONVS}
-            groups = [g for g in conv_groups.values() if g]
             outputs = {}
+            groups = [g for g in conv_groups.values() if g]
             if groups:
                 with stage("convs"):
+                    r = torch.relu(x_j)
                     C = x_j.shape[1]
-                    y = _convs(torch.relu(x_j), [[op for _, op in g] for g in groups])
-                    order = [e for g in groups for e, _ in g]
-                    views = [lambda t, m=m, C=C: t[:, m * C:(m + 1) * C].unsqueeze(1)
-                             for m in range(len(order))]
-                    outputs.update(zip([e.row for e in order], block_views(y, views)))
+                    for g in groups:
+                        views = [lambda t, m=m, C=C: t[:, m * C:(m + 1) * C].unsqueeze(1)
+                                 for m in range(len(g))]
+                        y = _conv_block(r, [op for _, op in g])
+                        outputs.update(zip([e.row for e, _ in g], block_views(y, views)))
             pool = None
             for e, k in zip(readers, chosen):
                 if k == plan.k["skip_connect"]:
