@@ -370,3 +370,55 @@ def test_fast_runs_the_triton_kernels(relaxation):
     for (name, a), b in zip(fast.named_weights(), ref.weights()):
         if b.grad is not None and b.grad.abs().max() > 1e-6:
             assert rel(a.grad, b.grad) < 1e-3, name
+
+
+# -- the search on NB201 --------------------------------------------------------------------------
+@pytest.mark.parametrize("order", [1, 2])
+def test_same_darts_step_on_nb201_in_float64(order):
+    """Whole DARTS steps (first or second order) with ``space='nb201'``: the fast supernet's
+    alphas, weights and BatchNorm statistics equal the reference's to 1e-10 (float64)."""
+    from fastnas import DARTSOptimizer
+    from fastnas.supernet.nb201_fast import FastNB201SearchNetwork
+
+    cfg = dict(space="nb201", channels=4, layers=1, num_classes=3, batch_size=3, order=order,
+               device="cpu", seed=4, learning_rate_alpha=0.05, precision="fp64",
+               hessian_r=1e-5, nesterov=True, weight_decay=5e-4)
+    ref = DARTSOptimizer({**cfg, "supernet": "reference"})
+    fast = DARTSOptimizer({**cfg, "supernet": "fast"})
+    assert isinstance(fast.model, FastNB201SearchNetwork)
+    assert type(ref.model) is NB201SearchNetwork
+    assert ref.weight_optimizer.param_groups[0]["nesterov"] is True
+    for step in range(2):
+        train, val = batch(seed=7 + step), batch(seed=17 + step)
+        for opt in (ref, fast):
+            opt.step(train, val)
+    a, b = ref.arch_parameters()[0], fast.arch_parameters()[0]
+    assert rel(b, a) < 1e-10 and not torch.allclose(a, torch.zeros_like(a), atol=1e-4)
+    sr, sf = ref.model.state_dict(), fast.model.state_dict()
+    for k in sr:
+        if sr[k].is_floating_point():
+            assert (sf[k] - sr[k]).abs().max() < 1e-10 * max(1.0, sr[k].abs().max()), k
+    assert isinstance(fast.genotype(), NB201Cell) and fast.genotype() == ref.genotype()
+
+
+def test_the_space_key_and_its_errors():
+    from fastnas import DARTSOptimizer
+    from fastnas.darts import DARTSConfig
+    from fastnas.nb201 import nb201_space
+    from fastnas.space import darts_space
+    from fastnas.supernet import build_supernet
+
+    assert DARTSConfig().space == "darts" and DARTSConfig().nesterov is False
+    assert isinstance(build_supernet("reference", C=4, layers=1, num_classes=3,
+                                     space=nb201_space()), NB201SearchNetwork)
+    with pytest.raises(ValueError, match="space must be one of"):
+        DARTSConfig(space="nb101")
+    with pytest.raises(ValueError, match="layers must be >= 3, got 1"):
+        DARTSConfig(layers=1)
+    with pytest.raises(ValueError, match="nesterov=True needs a momentum"):
+        DARTSConfig(space="nb201", nesterov=True, momentum=0.0)
+    with pytest.raises(ValueError, match="space='nb201'"):
+        DARTSOptimizer(dict(layers=3, channels=4, device="cpu"), space=nb201_space())
+    with pytest.raises(ValueError, match="another"):
+        DARTSOptimizer(dict(space="nb201", layers=1, channels=4, device="cpu"),
+                       space=darts_space())

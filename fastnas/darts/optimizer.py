@@ -32,6 +32,7 @@ from ..engine import (
     to_device,
 )
 from ..genotypes import Genotype
+from ..nb201 import NB201Cell, is_nb201_space, nb201_space
 from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 from ..space import WEIGHTS, CellSpace, Relaxation
 from ..supernet import build_supernet, check_kernels
@@ -61,7 +62,8 @@ class DARTSOptimizer(Resumable):
                  loss: Optional[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = None):
         self.config = DARTSConfig.from_dict(config)
         cfg = self.config
-        if space is not None and space.num_nodes != cfg.num_nodes:
+        space = self._space(space)
+        if space is not None and not is_nb201_space(space) and space.num_nodes != cfg.num_nodes:
             raise ValueError(f"the space has {space.num_nodes} nodes but num_nodes is "
                              f"{cfg.num_nodes}; set num_nodes={space.num_nodes}")
         if cfg.seed is not None:
@@ -80,7 +82,8 @@ class DARTSOptimizer(Resumable):
             compile_supernet(self.model, cfg.compile_mode)
         self.weight_optimizer = torch.optim.SGD(self.model.weights(), lr=cfg.learning_rate_w,
                                                 momentum=cfg.momentum,
-                                                weight_decay=cfg.weight_decay)
+                                                weight_decay=cfg.weight_decay,
+                                                nesterov=cfg.nesterov)
         self.guard = NonFiniteGuard(cfg.on_nonfinite, cfg.max_nonfinite_skips)
         self.architect = Architect(self.model, lr=cfg.learning_rate_alpha, betas=(0.5, 0.999),
                                    weight_decay=cfg.arch_weight_decay, order=cfg.order,
@@ -95,6 +98,18 @@ class DARTSOptimizer(Resumable):
         self._set_lr(self.lr)
         self.history: List[Dict[str, Any]] = []
         self.told: List[Tuple[Genotype, float]] = []
+
+    def _space(self, space: Optional[CellSpace]) -> Optional[CellSpace]:
+        """The cell space of the config's ``space`` key (issue 19): ``nb201`` is
+        ``nb201_space()`` (a space given for it must be that one), ``darts`` the one given."""
+        if self.config.space != "nb201":
+            if space is not None and is_nb201_space(space):
+                raise ValueError("the NB201 space needs the config key space='nb201'")
+            return space
+        if space is not None and not is_nb201_space(space):
+            raise ValueError("space='nb201' searches fastnas.nb201.nb201_space(); the space "
+                             "given is another")
+        return nb201_space()
 
     # -- parameters and the architecture ------------------------------------------------------
     def arch_parameters(self) -> List[nn.Parameter]:
@@ -286,8 +301,9 @@ class DARTSOptimizer(Resumable):
 
     def tell(self, genotype: Genotype, score: float) -> None:
         """Record an external score (higher is better) for ``genotype``."""
-        if not isinstance(genotype, Genotype):
-            raise TypeError(f"genotype must be a fastnas.Genotype, got {type(genotype).__name__}")
+        if not isinstance(genotype, (Genotype, NB201Cell)):
+            raise TypeError(f"genotype must be a fastnas.Genotype (or, space='nb201', an "
+                            f"NB201Cell), got {type(genotype).__name__}")
         if (isinstance(score, bool) or not isinstance(score, (int, float))
                 or not math.isfinite(score)):
             raise ValueError(f"score must be a finite number, got {score!r}")
@@ -340,7 +356,8 @@ class DARTSOptimizer(Resumable):
         self.global_step = int(state.get("global_step", 0))
         self._set_lr(float(state.get("lr", self.lr)))
         self.history = list(state.get("history", []))
-        self.told = [(Genotype.parse(g), float(s)) for g, s in state.get("told", [])]
+        self.told = [(NB201Cell.parse(g) if g.lstrip().startswith("|") else Genotype.parse(g),
+                      float(s)) for g, s in state.get("told", [])]
         self.guard.load_state_dict(state.get("nonfinite", {}))
         self.model.relaxation.load_state_dict(state.get("relaxation", {}))
         set_rng_state(state["rng"])
