@@ -17,7 +17,7 @@ LEGACY_BACKENDS = {"auto": ("fast", None), "reference": ("reference", None),
                    "torch": ("fast", "torch"), "triton": ("fast", "triton")}
 # issue 19: the cell search spaces, and the NB201 supernet's size for the limits (3 nodes, 6 edges
 # of 10 C^2 weights: a 3x3 and a 1x1 conv).
-SEARCH_SPACES = ("darts", "nb201")
+CELL_SPACES = ("darts", "nb201")
 NB201_NODES, NB201_EDGES, NB201_EDGE_WEIGHTS = 3, 6, 10
 # xautodl's NB201 DARTS/GDAS search settings (configs/nas-benchmark/algos/DARTS.config,
 # GDAS.config): SGD lr 0.025 cosine to 0.001, Nesterov momentum 0.9, weight decay 5e-4,
@@ -74,7 +74,7 @@ class DARTSConfig(LoopConfig):
     # NB201 search supernet with ``channels`` = C and ``layers`` = N search cells per stage
     # (``num_nodes`` does not apply: the cell has 3). ``nesterov``: Nesterov momentum for the
     # weights, as xautodl's NB201 searches (``NB201_SEARCH``: their settings).
-    space: str = choice("darts", SEARCH_SPACES)
+    space: str = choice("darts", CELL_SPACES)
     nesterov: bool = flag(False)
 
     def resolve_defaults(self) -> None:
@@ -110,4 +110,4 @@ class DARTSConfig(LoopConfig):
 
 
 __all__ = ["COMPILE_MODES", "DARTSConfig", "LEGACY_BACKENDS", "NB201_SEARCH", "PRECISIONS",
-           "SEARCH_SPACES"]
+           "CELL_SPACES"]
