@@ -183,7 +183,7 @@ def test_the_tree_shows_the_layers():
                                          "nb201_fast"}),
                            ("darts", {"architect", "config", "optimizer", "precision"}),
                            ("reports", {"alphas", "cells", "extras", "figures", "plots",
-                                        "tensorboard"}),
+                                        "tensorboard", "nb201_cells"}),
                            ("tune", {"config", "objective", "space", "stage", "storage", "study",
                                      "tabular"}),
                            ("nb201", {"cell", "network", "space", "table"})):
