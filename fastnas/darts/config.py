@@ -44,6 +44,8 @@ class DARTSConfig(LoopConfig):
     (for checks against references). ``backend`` is deprecated (see ``LEGACY_BACKENDS``).
     ``compile``: run the supernet under ``torch.compile`` (``fastnas.supernet.compiled``) in
     ``compile_mode`` (``reduce-overhead``: CUDA graphs on a GPU); off by default.
+    ``space``: ``darts`` (the DARTS cell) or ``nb201`` (NAS-Bench-201's: ``channels`` is C,
+    ``layers`` N); ``nesterov``: Nesterov momentum for the weights (``NB201_SEARCH``).
     """
 
     learning_rate_w: float = number(0.025, low=0, low_open=True)

@@ -52,7 +52,10 @@ class DARTSOptimizer(Resumable):
     architecture and the weight step minimize (the architecture step adds the relaxation's
     penalty). As a search strategy it answers ``architecture()`` (the genotype derived from
     the current alphas) and ``evaluate(loader)`` (the supernet's loss and accuracy), like
-    ``ENASOptimizer``.
+    ``ENASOptimizer``. With the config key ``space='nb201'`` (issue 19) it searches
+    NAS-Bench-201's cell on the NB201 supernet (``fastnas.supernet.build_nb201_supernet``) and
+    its architecture is an ``NB201Cell``; ``nesterov`` is the weights' Nesterov momentum (the
+    second-order step's virtual step keeps DARTS's plain-momentum formula, as xautodl's).
     """
 
     checkpoint_kind = ("search", "darts")
