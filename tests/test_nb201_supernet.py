@@ -413,6 +413,9 @@ def test_the_space_key_and_its_errors():
                                      space=nb201_space()), NB201SearchNetwork)
     with pytest.raises(ValueError, match="space must be one of"):
         DARTSConfig(space="nb101")
+    from fastnas.supernet import build_nb201_supernet
+    with pytest.raises(ValueError, match="partial_channels=4 is not supported"):
+        build_nb201_supernet("fast", C=4, N=1, partial_channels=4)
     with pytest.raises(ValueError, match="layers must be >= 3, got 1"):
         DARTSConfig(layers=1)
     with pytest.raises(ValueError, match="nesterov=True needs a momentum"):

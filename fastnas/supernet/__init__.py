@@ -81,13 +81,21 @@ def build_supernet(supernet: str = "fast", *, C: int = 16, num_classes: int = 10
 def build_nb201_supernet(supernet: str = "fast", *, C: int = 16, N: int = 5,
                          num_classes: int = 10, in_channels: int = 3,
                          checkpointing: bool = False, relaxation: Optional[Relaxation] = None,
-                         track_running_stats: bool = False):
+                         track_running_stats: bool = False, partial_channels: int = 1,
+                         edge_normalization: bool = False, aux_skip: Optional[int] = None):
     """``NB201SearchNetwork`` (``supernet='reference'``) or ``FastNB201SearchNetwork``
     (``'fast'``): NAS-Bench-201's search supernet, ``N`` search cells per stage; both built from
     the same random draws. ``build_supernet(..., space=nb201_space())`` calls it with
-    ``N=layers``."""
+    ``N=layers``. Partial channels, edge normalization and the auxiliary skip (PC-DARTS,
+    DARTS-) are not built into the NB201 supernet: asking for them is a ValueError."""
     if supernet not in SUPERNETS:
         raise ValueError(f"supernet must be one of {list(SUPERNETS)}, got {supernet!r}")
+    for name, value, off in (("partial_channels", partial_channels, 1),
+                             ("edge_normalization", edge_normalization, False),
+                             ("aux_skip", aux_skip, None)):
+        if value != off:
+            raise ValueError(f"{name}={value!r} is not supported by the NB201 supernet "
+                             f"(use {name}={off!r} with space='nb201')")
     cls = NB201SearchNetwork if supernet == "reference" else FastNB201SearchNetwork
     return cls(C=C, N=N, num_classes=num_classes, in_channels=in_channels, relaxation=relaxation,
                track_running_stats=track_running_stats, checkpointing=checkpointing)
