@@ -79,3 +79,16 @@ def test_search_nb201_errors_are_one_line(tmp_path, capsys, argv, says):
     assert main([*argv, *QUICK, "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert says in err and "\n" not in err
+
+
+def test_the_nb201_cell_as_dot_text():
+    from fastnas.reports.nb201_cells import nb201_cell_dot, nb201_cell_edges
+
+    cell = NB201Cell.parse("|avg_pool_3x3~0|+|nor_conv_1x1~0|none~1|"
+                           "+|none~0|skip_connect~1|nor_conv_3x3~2|")
+    assert nb201_cell_edges(cell)[:3] == [(0, 1, "avg_pool_3x3"), (0, 2, "nor_conv_1x1"),
+                                          (1, 2, "none")]
+    dot = nb201_cell_dot(cell)
+    assert '"0" -> "1" [label="avg_pool_3x3"];' in dot
+    assert '"1" -> "2" [label="none", style=dashed, color=gray];' in dot
+    assert dot.count("->") == 6
