@@ -3,6 +3,7 @@ fast one, in one process, steps interleaved.
 
     python benchmarks/nb201_step.py                       # batch 64, first order, fp32, 1 thread
     python benchmarks/nb201_step.py --steps 7 --batch-size 64 --order 2 --threads 2
+    python benchmarks/nb201_step.py --gumbel              # GDAS (needs fastnas.space.Gumbel)
 
 Both optimizers are ``DARTSOptimizer``s with ``space='nb201'`` and xautodl's search network
 (C=16, N=5, 10 classes) built from the same seed, on one synthetic batch of 32x32 RGB images
@@ -36,10 +37,19 @@ IMAGE_SIZE = 32
 SUPERNETS = ("reference", "fast")
 
 
-def make_optimizer(supernet: str, batch_size: int, order: int, precision: str, device: str):
+def make_optimizer(supernet: str, batch_size: int, order: int, precision: str, device: str,
+                   gumbel: bool = False):
+    relaxation = None
+    if gumbel:  # GDAS's hard sample: only the sampled op of each edge runs
+        try:
+            from fastnas.space import Gumbel
+        except ImportError:
+            raise SystemExit("--gumbel needs fastnas.space.Gumbel (the methods issue)") from None
+        relaxation = Gumbel(seed=0)
     return DARTSOptimizer(dict(NB201_SEARCH_NET, supernet=supernet, batch_size=batch_size,
                                order=order, precision=precision, device=device, seed=0,
-                               num_steps=1, nesterov=True, weight_decay=5e-4))
+                               num_steps=1, nesterov=True, weight_decay=5e-4),
+                          relaxation=relaxation)
 
 
 def make_batch(batch_size: int, device, seed: int = 0):
@@ -71,10 +81,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--steps", type=int, default=5, help="timed steps per supernet")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    p.add_argument("--gumbel", action="store_true",
+                   help="GDAS: the Gumbel relaxation (one sampled op per edge) instead of softmax")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    opts = {s: make_optimizer(s, args.batch_size, args.order, args.precision, args.device)
-            for s in SUPERNETS}
+    opts = {s: make_optimizer(s, args.batch_size, args.order, args.precision, args.device,
+                              args.gumbel) for s in SUPERNETS}
     batch = make_batch(args.batch_size, args.device)
     with torch.no_grad():
         ref, fast = (opts[s].model(batch[0].to(opts[s].dtype)) for s in SUPERNETS)
@@ -86,7 +98,7 @@ def main(argv=None) -> int:
             t = timed_step(opts[s], batch)
             if round_ >= args.warmup:
                 times[s].append(t)
-    print(f"\nNB201 DARTS step: batch {args.batch_size}, order {args.order}, {args.precision}, "
+    print(f"\nNB201 {'GDAS' if args.gumbel else 'DARTS'} step: batch {args.batch_size}, order {args.order}, {args.precision}, "
           f"{args.threads} thread(s), {args.device} ({platform.processor() or platform.machine()}"
           f", torch {torch.__version__}); medians of {args.steps} steps\n")
     print("| supernet | wall s/step | CPU s/step | speed-up (wall) | speed-up (CPU) |")
