@@ -98,7 +98,8 @@ def main(argv=None) -> int:
             t = timed_step(opts[s], batch)
             if round_ >= args.warmup:
                 times[s].append(t)
-    print(f"\nNB201 {'GDAS' if args.gumbel else 'DARTS'} step: batch {args.batch_size}, order {args.order}, {args.precision}, "
+    method = "GDAS" if args.gumbel else "DARTS"
+    print(f"\nNB201 {method} step: batch {args.batch_size}, order {args.order}, {args.precision}, "
           f"{args.threads} thread(s), {args.device} ({platform.processor() or platform.machine()}"
           f", torch {torch.__version__}); medians of {args.steps} steps\n")
     print("| supernet | wall s/step | CPU s/step | speed-up (wall) | speed-up (CPU) |")
