@@ -373,18 +373,20 @@ def test_fast_runs_the_triton_kernels(relaxation):
 
 
 # -- the search on NB201 --------------------------------------------------------------------------
-@pytest.mark.parametrize("order", [1, 2])
-def test_same_darts_step_on_nb201_in_float64(order):
-    """Whole DARTS steps (first or second order) with ``space='nb201'``: the fast supernet's
-    alphas, weights and BatchNorm statistics equal the reference's to 1e-10 (float64)."""
+@pytest.mark.parametrize("order,hard", [(1, False), (2, False), (1, True)])
+def test_same_darts_step_on_nb201_in_float64(order, hard):
+    """Whole DARTS steps (first or second order; softmax, or the hard straight-through test
+    relaxation) with ``space='nb201'``: the fast supernet's alphas, weights and BatchNorm
+    statistics equal the reference's to 1e-10 (float64)."""
     from fastnas import DARTSOptimizer
     from fastnas.supernet.nb201_fast import FastNB201SearchNetwork
 
     cfg = dict(space="nb201", channels=4, layers=1, num_classes=3, batch_size=3, order=order,
                device="cpu", seed=4, learning_rate_alpha=0.05, precision="fp64",
                hessian_r=1e-5, nesterov=True, weight_decay=5e-4)
-    ref = DARTSOptimizer({**cfg, "supernet": "reference"})
-    fast = DARTSOptimizer({**cfg, "supernet": "fast"})
+    relaxation = HardStraightThrough() if hard else None
+    ref = DARTSOptimizer({**cfg, "supernet": "reference"}, relaxation=relaxation)
+    fast = DARTSOptimizer({**cfg, "supernet": "fast"}, relaxation=relaxation)
     assert isinstance(fast.model, FastNB201SearchNetwork)
     assert type(ref.model) is NB201SearchNetwork
     assert ref.weight_optimizer.param_groups[0]["nesterov"] is True
