@@ -589,7 +589,9 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     print_block(f"search finished: {method.name} on {dataset}, {epochs(optimizer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
                 [("genotype", str(arch)),
-                 ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}, architecture "
+                 ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}"
+                                  f"{'; NB201 search cells: batch statistics' if table is not None else ''}"
+                                  ", architecture "
                                   "half of the train split)"),
                  *table_lines,
                  ("files", list(paths.values()))])
