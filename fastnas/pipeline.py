@@ -586,13 +586,12 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
                   lambda: write_json_atomic(result, paths["metrics.json"])])
     for observer in _observers(options):
         observer.end(run, result)
+    batch_stats = "; NB201 search cells: batch statistics" if table is not None else ""
     print_block(f"search finished: {method.name} on {dataset}, {epochs(optimizer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
                 [("genotype", str(arch)),
-                 ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}"
-                                  f"{'; NB201 search cells: batch statistics' if table is not None else ''}"
-                                  ", architecture "
-                                  "half of the train split)"),
+                 ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}{batch_stats}, "
+                                  "architecture half of the train split)"),
                  *table_lines,
                  ("files", list(paths.values()))])
     return arch, result
