@@ -31,6 +31,7 @@ import torch
 from . import __version__, data, distributed, profiling
 from .checkpoint import check_writable, write_json_atomic
 from .config import STAGES, read_config_file
+from .darts.config import CELL_SPACES
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
 from .interrupts import handle_termination
@@ -226,6 +227,19 @@ def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="architecture: DARTS's weight decay of the alphas (1e-3)")
 
 
+def _add_space_options(p: argparse.ArgumentParser) -> None:
+    """issue 19: the cell space a search (or run) searches, and the NB201 table it reports."""
+    g = p.add_argument_group("search space")
+    g.add_argument("--space", choices=CELL_SPACES, default=None,
+                   help="darts (default: the DARTS cell) or nb201 (NAS-Bench-201's cell: "
+                        "--layers is N, the search cells per stage; xautodl's weight decay "
+                        "5e-4 and Nesterov momentum; the found cell's accuracies from the "
+                        "NB201 table into metrics.json)")
+    g.add_argument("--table", metavar="FILE", default=None,
+                   help="--space nb201: a CSV with the shipped table's columns (arch, cifar10, "
+                        "cifar100, imagenet16_120) that replaces it")
+
+
 def _add_config_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", default=None,
                    help="a JSON (.json) or TOML file of config keys, in [search] and [train] "
@@ -268,7 +282,7 @@ def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
 GUARD_KEYS = ("on_nonfinite", "max_nonfinite_skips")
 SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", "compile", "learning_rate",
                "lr_min", "momentum", "weight_decay", "grad_clip", "arch_learning_rate",
-               "arch_weight_decay", *GUARD_KEYS)
+               "arch_weight_decay", "space", *GUARD_KEYS)
 TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr_min", "momentum",
               "weight_decay", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
               "grad_clip", "sync_bn", *GUARD_KEYS)
@@ -308,7 +322,8 @@ def _options(args: argparse.Namespace) -> StageOptions:
                         args.workers, args.threads, args.resume == "auto" or automatic,
                         args.quiet, observers=_observers(args), resume_automatic=automatic,
                         replace=args.resume == "no", config=config,
-                        image_size=args.image_size, test_fraction=args.test_fraction)
+                        image_size=args.image_size, test_fraction=args.test_fraction,
+                        table=getattr(args, "table", None) if args.command != "tune" else None)
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -322,6 +337,8 @@ def _default_output(args: argparse.Namespace, command: str,
     if command in ("search", "run"):
         table = options.config.get("search", {}) if options is not None else {}
         kind = getattr(args, "method", None) or table.get("method") or DEFAULT_METHOD
+        if (getattr(args, "space", None) or table.get("space")) == "nb201":
+            kind += "-nb201"   # issue 19: runs/digits-darts-nb201-search
     elif command == "train" and getattr(args, "space", None) == "nb201":
         kind = "nb201"
     name = "-".join(part for part in (args.dataset or "digits", kind, command) if part)
@@ -364,6 +381,7 @@ def _add_search_command(sub) -> None:
                        description="Search a cell on the train split (50/50 weights/architecture)"
                                    "; writes genotype.json, metrics.json and checkpoint.pt.")
     _add_search_options(p)
+    _add_space_options(p)
     _add_common(p)
     _add_config_option(p)
     p.set_defaults(handler=_cmd_search)
@@ -392,6 +410,7 @@ def _add_run_command(sub) -> None:
                        description="Search, then train the found genotype from scratch; writes "
                                    "DIR/search/ and DIR/train/.")
     _add_search_options(p, prefix="search-")
+    _add_space_options(p)
     _add_train_options(p, prefix="train-")
     _add_common(p)
     _add_config_option(p)

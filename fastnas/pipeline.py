@@ -37,11 +37,12 @@ from .checkpoint import check_kind, load_latest, previous_path, save_checkpoint,
 from .config import RUNTIME_KEYS
 from .console import Progress, duration, epochs, log, print_block
 from .darts import DARTSOptimizer
+from .darts.config import NB201_SEARCH
 from .enas import ENASOptimizer
 from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
-from .nb201 import NB201Cell
+from .nb201 import NB201Cell, Table
 from .reports import remove_figures, write_alpha_history
 from .reproducibility import resolve_device
 from .training import FinalTrainer, TrainConfig, parse_architecture
@@ -72,6 +73,16 @@ NB201_TRAIN_DEFAULTS = {"epochs": 200, "layers": 5, "channels": 16, "batch_size"
                         "learning_rate": 0.1, "lr_min": 0.0, "momentum": 0.9, "nesterov": True,
                         "weight_decay": 5e-4, "grad_clip": None, "auxiliary": False,
                         "drop_path_prob": 0.0, "cutout": 0, "seed": 0}
+# issue 19: a search of the NAS-Bench-201 space (``space="nb201"``): the stage settings per dataset
+# (``layers`` is N, the search cells per stage; digits: a small quick supernet, cifar10 and the
+# rest: xautodl's C=16, N=5) and the config keys xautodl's NB201 searches set beyond DARTS's
+# (``fastnas.darts.config.NB201_SEARCH``: weight decay 5e-4, Nesterov momentum).
+NB201_SEARCH_DEFAULTS = {
+    "digits": {"epochs": 8, "layers": 1, "channels": 8, "batch_size": 64, "seed": 2},
+    "cifar10": {"epochs": 50, "layers": 5, "channels": 16, "batch_size": 64, "seed": 2},
+}
+NB201_SEARCH_CONFIG = {"weight_decay": NB201_SEARCH["weight_decay"],
+                       "nesterov": NB201_SEARCH["nesterov"]}
 EVAL_BATCH_SIZE = 256
 
 
@@ -136,6 +147,9 @@ class StageOptions:
     # the user asked to start anew (--no-resume): a folder holding another stage's run (another
     # search method, or a training) is replaced instead of refused
     replace: bool = False
+    # issue 19: an NB201 table (CSV) that replaces the shipped one for the found cell's
+    # accuracies (--table FILE); only for space nb201
+    table: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -166,7 +180,8 @@ RESUME_MAY_CHANGE = ("epochs", "on_nonfinite", "max_nonfinite_skips", "compile")
 SEARCH_METHODS: Dict[str, SearchMethod] = {
     "darts": SearchMethod("darts", DARTSOptimizer,
                           {**_COMMON_KEYS, "layers": "layers", "order": "order",
-                           "compile": "compile", "learning_rate": "learning_rate_w",
+                           "compile": "compile", "space": "space",
+                           "learning_rate": "learning_rate_w",
                            "arch_learning_rate": "learning_rate_alpha",
                            "arch_weight_decay": "arch_weight_decay"},
                           scored="supernet in eval mode: BatchNorm running statistics"),
@@ -479,12 +494,16 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
                               int(state.get("total_epochs", config["num_steps"])), checkpoint)
     else:
         defaults = method.config_given(SEARCH_DEFAULTS.get(dataset, SEARCH_DEFAULTS[data.FOLDER]))
+        if given.get("space") == "nb201":
+            defaults = {**method.config_given(NB201_SEARCH_DEFAULTS.get(
+                dataset, NB201_SEARCH_DEFAULTS["cifar10"])), **NB201_SEARCH_CONFIG}
         settings = {**defaults, **given}
         total = settings.pop("epochs")
         config = dict(settings, in_channels=info.in_channels, num_classes=info.num_classes)
     config.update(num_steps=total, device=str(device))
     run_info = {"method": method.name, "dataset": dataset, "limit": limit,
                 "data": source.record()}
+    table = _nb201_table(options, config.get("space", "darts"))
 
     split = source.search_data()
     _check_size(len(split.arch), limit, dataset)
@@ -509,8 +528,9 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     loaders = [train_loader, val_loader]
     data.set_epoch(loaders, optimizer.epoch)
 
-    size = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("layers", "num_layers", "channels",
-                                                          "batch_size", "order", "search_space")
+    size = ", ".join(f"{k} {getattr(cfg, k)}" for k in ("space", "layers", "num_layers",
+                                                          "channels", "batch_size", "order",
+                                                          "search_space")
                      if hasattr(cfg, k))
     log(f"search: {method.name} on {dataset} ({len(split.weights)} weight + {len(split.arch)} "
         f"architecture images), {size}, epochs {optimizer.epoch}->{total}, "
@@ -559,17 +579,46 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
 
     final = optimizer.evaluate(eval_loader)
     result = metrics(final, arch)
+    table_lines = []
+    if table is not None:  # NB201: the found cell's accuracies in the table, whatever the data
+        result["nb201_table"], table_lines = _table_accuracies(table, arch, options.table)
     _write_epoch([lambda: arch.save(paths["genotype.json"]),
                   lambda: write_json_atomic(result, paths["metrics.json"])])
     for observer in _observers(options):
         observer.end(run, result)
+    batch_stats = "; NB201 search cells: batch statistics" if table is not None else ""
     print_block(f"search finished: {method.name} on {dataset}, {epochs(optimizer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
                 [("genotype", str(arch)),
-                 ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}, architecture "
-                                  "half of the train split)"),
+                 ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}{batch_stats}, "
+                                  "architecture half of the train split)"),
+                 *table_lines,
                  ("files", list(paths.values()))])
     return arch, result
+
+
+def _nb201_table(options: StageOptions, space: str) -> Optional[Table]:
+    """The NB201 table a search of ``space`` reports the found cell's accuracies from
+    (``--table FILE``, else the shipped one; read before the search, so a bad file costs no
+    search), or None for the DARTS space."""
+    if space != "nb201":
+        if options.table is not None:
+            raise UserError("--table is for --space nb201 (the NAS-Bench-201 table)")
+        return None
+    return Table.load(options.table)
+
+
+def _table_accuracies(table: Table, cell: NB201Cell, path: Optional[str]
+                      ) -> Tuple[Optional[Dict[str, Any]], list]:
+    """``metrics.json``'s ``nb201_table`` (the three test accuracies, %, and the table file,
+    None for the shipped one) and the summary line; a cell the table lacks is None, said so."""
+    source = path or "the shipped table"
+    if cell not in table:
+        log(f"the found cell {cell} is not in the NB201 table {source}")
+        return None, [("table", f"NB201 table: the cell is not in {source}")]
+    accuracies = table.lookup(cell)
+    return ({**accuracies.as_dict(), "table": path},
+            [("table", accuracies.summary() + ("" if path is None else f" ({path})"))])
 
 
 # -- final training -------------------------------------------------------------------------------
@@ -760,7 +809,8 @@ def _join_configs(output: str) -> None:
     write_json_atomic(tables, os.path.join(output, "config.json"))
 
 
-__all__ = ["DEFAULT_METHOD", "EVAL_BATCH_SIZE", "Interrupted", "SEARCH_DEFAULTS", "SEARCH_METHODS",
+__all__ = ["DEFAULT_METHOD", "EVAL_BATCH_SIZE", "Interrupted", "NB201_SEARCH_DEFAULTS",
+           "SEARCH_DEFAULTS", "SEARCH_METHODS",
            "SearchMethod",
            "StageObserver", "StageOptions", "StageRun", "TRAIN_DEFAULTS", "prepare_output",
            "resolve_genotype", "run_pipeline", "search_stage", "train_stage"]

@@ -97,7 +97,7 @@ def test_the_contracts_name_every_layer_in_order():
     layers = contracts["layers"]
     assert layers["containers"] == ["fastnas"] and layers["exhaustive"] is True
     assert [layer.split()[0] for layer in layers["layers"]] == [
-        "__main__", "cli", "tune", "pipeline", "reports", "darts", "supernet", "space",
+        "__main__", "cli", "tune", "pipeline", "reports", "darts", "supernet", "nb201", "space",
         "genotypes", "ops", "kernels", "engine"]
     assert contracts["forbidden"]["source_modules"] == ["fastnas.kernels"]
     assert set(contracts["acyclic_siblings"]["ancestors"]) >= {
@@ -179,13 +179,14 @@ def test_the_tree_shows_the_layers():
                            ("ops/functional", {"batch_norm", "conv_blocks", "depthwise",
                                                "grad_edges", "list_op", "node_sum", "pointwise"}),
                            ("supernet", {"reference", "fast", "recompute", "stages",
-                                         "compiled", "launches"}),
+                                         "compiled", "launches", "nb201_reference",
+                                         "nb201_fast"}),
                            ("darts", {"architect", "config", "model_search", "optimizer",
                                       "precision"}),
                            ("reports", {"alphas", "cells", "extras", "figures", "plots",
-                                        "tensorboard"}),
+                                        "tensorboard", "nb201_cells"}),
                            ("tune", {"config", "objective", "space", "stage", "storage", "study",
                                      "tabular"}),
-                           ("nb201", {"cell", "network", "table"})):
+                           ("nb201", {"cell", "network", "space", "table"})):
         names = {n[:-3] for n in os.listdir(os.path.join(FASTNAS, package)) if n.endswith(".py")}
         assert names - {"__init__"} == parts, package

@@ -404,3 +404,33 @@ def test_same_function_as_xautodl_in_float64(text):
 def test_network_on_one_channel_images():
     net = NB201Network(NB201Cell.parse(MIXED), C=4, N=1, num_classes=3, in_channels=1)
     assert net(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+# -- the space layer ------------------------------------------------------------------------------
+def test_nb201_space_is_the_benchmarks_cell():
+    from fastnas.nb201 import is_nb201_space, nb201_space
+    from fastnas.ops import make_op
+    from fastnas.space import darts_space
+
+    space = nb201_space()
+    assert space.ops == NB201_OPS and space.shape == (6, 5) and space.cell_types == ("cell",)
+    assert [(e.node + 1, e.state) for e in space.edges] == list(NB201_EDGES)
+    assert space.concat == [3] and space.keep is None and space.never_derived == ()
+    assert is_nb201_space(space) and not is_nb201_space(darts_space())
+    for name in ("nor_conv_1x1", "nor_conv_3x3"):  # ReLU -> conv -> BN, shape kept
+        op = make_op(name, 4, 1, affine=False)
+        assert [type(m).__name__ for m in op] == ["ReLU", "Conv2d", "BatchNorm2d"]
+        assert op(torch.randn(2, 4, 5, 5)).shape == (2, 4, 5, 5)
+
+
+def test_the_space_derives_nb201_cells_none_included():
+    from fastnas.nb201 import nb201_space
+
+    strengths = torch.zeros(6, 5)
+    for edge, op in enumerate((0, 3, 1, 4, 2, 0)):
+        strengths[edge, op] = 1.0
+    cell = nb201_space().derive({"cell": strengths})
+    assert isinstance(cell, NB201Cell)
+    assert cell.ops == ("none", "nor_conv_3x3", "skip_connect", "avg_pool_3x3", "nor_conv_1x1",
+                        "none")
+    assert NB201Cell.derive(strengths) == cell

@@ -17,7 +17,8 @@ from fastnas.ops import (
 def test_primitives_in_paper_order():
     assert PRIMITIVES == ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
                           "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
-    assert set(PRIMITIVES) | {"sep_conv_7x7", "conv_7x1_1x7"} == set(OPS)
+    assert set(PRIMITIVES) | {"sep_conv_7x7", "conv_7x1_1x7", "nor_conv_1x1",
+                              "nor_conv_3x3"} == set(OPS)   # the last two: NAS-Bench-201's
 
 
 @pytest.mark.parametrize("name", sorted(OPS))

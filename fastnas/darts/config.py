@@ -15,6 +15,16 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 # The deprecated ``backend`` key: what each value meant, as (supernet, required kernels).
 LEGACY_BACKENDS = {"auto": ("fast", None), "reference": ("reference", None),
                    "torch": ("fast", "torch"), "triton": ("fast", "triton")}
+# issue 19: the cell search spaces, and the NB201 supernet's size for the limits (3 nodes, 6 edges
+# of 10 C^2 weights: a 3x3 and a 1x1 conv).
+CELL_SPACES = ("darts", "nb201")
+NB201_NODES, NB201_EDGES, NB201_EDGE_WEIGHTS = 3, 6, 10
+# xautodl's NB201 DARTS/GDAS search settings (configs/nas-benchmark/algos/DARTS.config,
+# GDAS.config): SGD lr 0.025 cosine to 0.001, Nesterov momentum 0.9, weight decay 5e-4,
+# batch 64, C=16, N=5; the architecture Adam 3e-4, betas (0.5, 0.999), weight decay 1e-3.
+NB201_SEARCH = {"learning_rate_w": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": True,
+                "weight_decay": 5e-4, "batch_size": 64, "channels": 16, "layers": 5,
+                "learning_rate_alpha": 3e-4, "arch_weight_decay": 1e-3}
 
 
 @dataclass
@@ -34,6 +44,8 @@ class DARTSConfig(LoopConfig):
     (for checks against references). ``backend`` is deprecated (see ``LEGACY_BACKENDS``).
     ``compile``: run the supernet under ``torch.compile`` (``fastnas.supernet.compiled``) in
     ``compile_mode`` (``reduce-overhead``: CUDA graphs on a GPU); off by default.
+    ``space``: ``darts`` (the DARTS cell) or ``nb201`` (NAS-Bench-201's: ``channels`` is C,
+    ``layers`` N); ``nesterov``: Nesterov momentum for the weights (``NB201_SEARCH``).
     """
 
     learning_rate_w: float = number(0.025, low=0, low_open=True)
@@ -45,7 +57,7 @@ class DARTSConfig(LoopConfig):
     num_steps: int = integer(50, low=1)
     channels: int = integer(16, low=1)
     num_classes: int = integer(10, low=2)
-    layers: int = integer(8, low=3)
+    layers: int = integer(8, low=1)
     batch_size: int = integer(64, low=1)
     order: int = integer(1, choices=(1, 2))
     arch_weight_decay: float = number(1e-3, low=0)
@@ -60,6 +72,12 @@ class DARTSConfig(LoopConfig):
     backend: Optional[str] = choice(None, tuple(LEGACY_BACKENDS), optional=True)
     compile: bool = flag(False)
     compile_mode: str = choice("default", COMPILE_MODES)
+    # -- issue 19: the search space. ``nb201``: NAS-Bench-201's cell (``fastnas.nb201``), the
+    # NB201 search supernet with ``channels`` = C and ``layers`` = N search cells per stage
+    # (``num_nodes`` does not apply: the cell has 3). ``nesterov``: Nesterov momentum for the
+    # weights, as xautodl's NB201 searches (``NB201_SEARCH``: their settings).
+    space: str = choice("darts", CELL_SPACES)
+    nesterov: bool = flag(False)
 
     def resolve_defaults(self) -> None:
         if self.backend is not None and self.backend in LEGACY_BACKENDS:
@@ -70,9 +88,19 @@ class DARTSConfig(LoopConfig):
             self.supernet = LEGACY_BACKENDS[self.backend][0]
 
     def validate(self) -> None:
-        check_network(self.channels, self.layers, self.num_nodes, supernet_edges(self.num_nodes),
-                      SUPERNET_EDGE_WEIGHTS, "the DARTS supernet", self.num_classes,
-                      self.in_channels)
+        if self.space == "nb201":
+            check_network(self.channels, 3 * self.layers, NB201_NODES, NB201_EDGES,
+                          NB201_EDGE_WEIGHTS, "the NB201 supernet", self.num_classes,
+                          self.in_channels, layers_name="3 x layers (the NB201 search cells)")
+        else:
+            if self.layers < 3:
+                raise ValueError(f"layers must be >= 3, got {self.layers} (the DARTS "
+                                 "supernet's two reduction cells and a normal cell)")
+            check_network(self.channels, self.layers, self.num_nodes,
+                          supernet_edges(self.num_nodes), SUPERNET_EDGE_WEIGHTS,
+                          "the DARTS supernet", self.num_classes, self.in_channels)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs a momentum > 0")
         if self.compile and self.checkpointing:
             raise ValueError("compile=True with checkpointing=True is not supported: the "
                              "recomputed cells would break the compiled graph; use one of them")
@@ -83,4 +111,5 @@ class DARTSConfig(LoopConfig):
         return LEGACY_BACKENDS[self.backend][1] if self.backend in LEGACY_BACKENDS else None
 
 
-__all__ = ["COMPILE_MODES", "DARTSConfig", "LEGACY_BACKENDS", "PRECISIONS"]
+__all__ = ["COMPILE_MODES", "DARTSConfig", "LEGACY_BACKENDS", "NB201_SEARCH", "PRECISIONS",
+           "CELL_SPACES"]

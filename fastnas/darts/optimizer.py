@@ -34,6 +34,7 @@ from ..engine import (
 )
 from ..errors import UserError
 from ..genotypes import Genotype
+from ..nb201 import NB201Cell, is_nb201_space, nb201_space
 from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 from ..space import WEIGHTS, CellSpace, Relaxation
 from ..supernet import build_supernet, check_kernels
@@ -54,7 +55,10 @@ class DARTSOptimizer(Resumable):
     architecture and the weight step minimize (the architecture step adds the relaxation's
     penalty). As a search strategy it answers ``architecture()`` (the genotype derived from
     the current alphas) and ``evaluate(loader)`` (the supernet's loss and accuracy), like
-    ``ENASOptimizer``.
+    ``ENASOptimizer``. With the config key ``space='nb201'`` (issue 19) it searches
+    NAS-Bench-201's cell on the NB201 supernet (``fastnas.supernet.build_nb201_supernet``) and
+    its architecture is an ``NB201Cell``; ``nesterov`` is the weights' Nesterov momentum (the
+    second-order step's virtual step keeps DARTS's plain-momentum formula, as xautodl's).
 
     ``model``: search the ``fastnas.Choice``/``InputChoice`` modules of your own ``nn.Module``
     instead of the DARTS supernet (``fastnas.darts.model_search``); the supernet's shape keys
@@ -69,7 +73,8 @@ class DARTSOptimizer(Resumable):
                  model: Optional[nn.Module] = None):
         self.config = DARTSConfig.from_dict(config)
         cfg = self.config
-        if space is not None and space.num_nodes != cfg.num_nodes:
+        space = self._space(space)
+        if space is not None and not is_nb201_space(space) and space.num_nodes != cfg.num_nodes:
             raise ValueError(f"the space has {space.num_nodes} nodes but num_nodes is "
                              f"{cfg.num_nodes}; set num_nodes={space.num_nodes}")
         if cfg.seed is not None:
@@ -92,7 +97,8 @@ class DARTSOptimizer(Resumable):
             compile_supernet(self.model, cfg.compile_mode)
         self.weight_optimizer = torch.optim.SGD(self.model.weights(), lr=cfg.learning_rate_w,
                                                 momentum=cfg.momentum,
-                                                weight_decay=cfg.weight_decay)
+                                                weight_decay=cfg.weight_decay,
+                                                nesterov=cfg.nesterov)
         self.guard = NonFiniteGuard(cfg.on_nonfinite, cfg.max_nonfinite_skips)
         self.architect = Architect(self.model, lr=cfg.learning_rate_alpha, betas=(0.5, 0.999),
                                    weight_decay=cfg.arch_weight_decay, order=cfg.order,
@@ -107,6 +113,18 @@ class DARTSOptimizer(Resumable):
         self._set_lr(self.lr)
         self.history: List[Dict[str, Any]] = []
         self.told: List[Tuple[Genotype, float]] = []
+
+    def _space(self, space: Optional[CellSpace]) -> Optional[CellSpace]:
+        """The cell space of the config's ``space`` key (issue 19): ``nb201`` is
+        ``nb201_space()`` (a space given for it must be that one), ``darts`` the one given."""
+        if self.config.space != "nb201":
+            if space is not None and is_nb201_space(space):
+                raise ValueError("the NB201 space needs the config key space='nb201'")
+            return space
+        if space is not None and not is_nb201_space(space):
+            raise ValueError("space='nb201' searches fastnas.nb201.nb201_space(); the space "
+                             "given is another")
+        return nb201_space()
 
     # -- parameters and the architecture ------------------------------------------------------
     def arch_parameters(self) -> List[nn.Parameter]:
@@ -330,8 +348,9 @@ class DARTSOptimizer(Resumable):
 
     def tell(self, genotype: Genotype, score: float) -> None:
         """Record an external score (higher is better) for ``genotype``."""
-        if not isinstance(genotype, Genotype):
-            raise TypeError(f"genotype must be a fastnas.Genotype, got {type(genotype).__name__}")
+        if not isinstance(genotype, (Genotype, NB201Cell)):
+            raise TypeError(f"genotype must be a fastnas.Genotype (or, space='nb201', an "
+                            f"NB201Cell), got {type(genotype).__name__}")
         if (isinstance(score, bool) or not isinstance(score, (int, float))
                 or not math.isfinite(score)):
             raise ValueError(f"score must be a finite number, got {score!r}")
@@ -386,7 +405,8 @@ class DARTSOptimizer(Resumable):
         self.global_step = int(state.get("global_step", 0))
         self._set_lr(float(state.get("lr", self.lr)))
         self.history = list(state.get("history", []))
-        self.told = [(Genotype.parse(g), float(s)) for g, s in state.get("told", [])]
+        self.told = [(NB201Cell.parse(g) if g.lstrip().startswith("|") else Genotype.parse(g),
+                      float(s)) for g, s in state.get("told", [])]
         self.guard.load_state_dict(state.get("nonfinite", {}))
         self.model.relaxation.load_state_dict(state.get("relaxation", {}))
         set_rng_state(state["rng"])

@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Sequence, Tuple
 
+import torch
+
 from ..checkpoint import write_json_atomic
 from ..genotypes import parse_json, read_architecture_file
 
@@ -124,12 +126,14 @@ class NB201Cell:
     def derive(cls, weights: Sequence[Sequence[float]]) -> NB201Cell:
         """The benchmark's derivation from architecture weights ``[6, 5]`` (rows in
         ``NB201_EDGES`` order, columns in ``NB201_OPS`` order): per edge the op of the largest
-        weight, ``none`` included (ties: the first op)."""
+        weight, ``none`` included (ties: the first op); ``nb201_space().derive``."""
+        from .space import CELL_TYPE, nb201_space  # the space derives NB201Cells itself
+
         rows = [list(map(float, row)) for row in weights]
         if len(rows) != len(NB201_EDGES) or any(len(r) != len(NB201_OPS) for r in rows):
             raise ValueError(f"NB201 weights must be {len(NB201_EDGES)} x {len(NB201_OPS)}, got "
                              f"{len(rows)} rows of {sorted({len(r) for r in rows})}")
-        return cls(tuple(NB201_OPS[max(range(len(r)), key=r.__getitem__)] for r in rows))
+        return nb201_space().derive({CELL_TYPE: torch.tensor(rows, dtype=torch.float64)})
 
     def edges(self) -> Iterator[Tuple[int, int, str]]:
         """``(target, source, op)`` per edge, in ``NB201_EDGES`` order."""

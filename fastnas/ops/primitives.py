@@ -25,14 +25,25 @@ PRIMITIVES = (
 
 
 class ReLUConvBN(nn.Sequential):
-    """``BN(conv(relu(x)))``: the preprocessing block of every cell."""
+    """``BN(conv(relu(x)))``: the preprocessing block of every cell, and NAS-Bench-201's
+    ``nor_conv_kxk`` ops; ``conv`` and ``bn`` name its parts (what a fused plan reads).
+    ``track_running_stats=False``: the BN normalizes with batch statistics in eval mode too."""
 
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
+    def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True,
+                 track_running_stats=True):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
-            nn.BatchNorm2d(C_out, affine=affine),
+            nn.BatchNorm2d(C_out, affine=affine, track_running_stats=track_running_stats),
         )
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self[1]
+
+    @property
+    def bn(self) -> nn.BatchNorm2d:
+        return self[2]
 
 
 class DilConv(nn.Sequential):
@@ -178,6 +189,9 @@ OPS: Dict[str, Callable[[int, int, bool], nn.Module]] = {
     "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine=affine),
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine=affine),
     "conv_7x1_1x7": _conv_7x1_1x7,
+    # NAS-Bench-201's convolutions (``fastnas.nb201``; its pool is the plain ``avg_pool_3x3``)
+    "nor_conv_1x1": lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine=affine),
+    "nor_conv_3x3": lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine=affine),
 }
 
 

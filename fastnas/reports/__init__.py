@@ -3,6 +3,7 @@
     alphas.py       AlphaHistory: per epoch, the relaxation's strengths of every edge (DARTS) or the
                     controller's per-decision probabilities (ENAS); the run's ``alphas.json``
     cells.py        a genotype's cell as a matplotlib figure and as Graphviz DOT text
+    nb201_cells.py  a NAS-Bench-201 cell, the same two ways
     figures.py      the alpha grid, learning curves, the ENAS controller's reward and entropy
     plots.py        ``fastnas plot``: a stage folder's figures into ``plots/``; PlotObserver
     tensorboard.py  TensorBoardObserver: scalars, alphas and genotype text per epoch

@@ -39,6 +39,7 @@ from ..choice import ChoiceSpace
 from ..enas.macro import MACRO_OPS
 from ..enas.micro import MICRO_OPS
 from ..limits import MAX_LAYERS, MAX_NODES, MAX_OPTIONS, MAX_PANELS, check_at_most
+from ..nb201 import nb201_space
 from ..runfiles import read_alphas
 from ..space import CellSpace, darts_space
 
@@ -87,6 +88,8 @@ class AlphaHistory:
         for key, limit in (("num_nodes", MAX_NODES), ("num_layers", MAX_LAYERS)):
             check_at_most(f"config {key}", config.get(key), limit)
         if method == "darts":
+            if space is None and config.get("space") == "nb201":  # issue 19
+                space = nb201_space()
             if space is None:
                 space = darts_space(int(config.get("num_nodes", 4)))
             panels = (choice_panels(space) if isinstance(space, ChoiceSpace)
@@ -191,7 +194,12 @@ def darts_panels(num_nodes: int) -> List[Panel]:
 
 def space_panels(space: CellSpace) -> List[Panel]:
     """Edge ``(j -> i)`` of each cell type of ``space``, in the order of its alpha rows
-    (``CellSpace.edges``), over the space's ops."""
+    (``CellSpace.edges``), over the space's ops. A one-input cell (NAS-Bench-201's) numbers
+    its states as nodes, the input node 0: edge ``j -> i + 1`` into node ``i``."""
+    if space.num_inputs == 1:
+        return [Panel(cell, e.node, e.state, f"{e.state} -> {e.node + 1}",
+                      f"{e.node + 1}_from_{e.state}", tuple(space.ops))
+                for cell in space.cell_types for e in space.edges]
     return [Panel(cell, e.node, e.state, f"{state_name(e.state)} -> {e.node}",
                   f"{e.node}_from_{_state_key(e.state)}", tuple(space.ops))
             for cell in space.cell_types for e in space.edges]

@@ -4,8 +4,8 @@ A stage folder holds ``metrics.json`` (its history); a search folder also ``alph
 ``genotype.json``. ``plot_stage(folder)`` writes into ``folder/plots/``:
 
 - search: ``cell_normal`` and ``cell_reduce`` (PNG, SVG and Graphviz ``.dot``; micro-space
-  searches only, a macro architecture is no cell), ``alphas``, ``curves``, and for ENAS
-  ``controller``;
+  searches only, a macro architecture is no cell; a NAS-Bench-201 search: ``cell_nb201``),
+  ``alphas``, ``curves``, and for ENAS ``controller``;
 - train: ``curves``.
 
 ``plot_run(folder)`` plots a stage folder, or the ``search/`` and ``train/`` folders of a
@@ -20,25 +20,27 @@ then rename): a full disk leaves no truncated figure.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ..checkpoint import write_file_atomic, write_text_atomic
 from ..console import log
 from ..errors import CheckpointWriteError, UserError
 from ..genotypes import Genotype
 from ..limits import MAX_FIGURE_PANELS
+from ..nb201 import NB201Cell
 from ..runfiles import read_metrics
 from .alphas import AlphaHistory
 from .cells import cell_dot, cell_figure
 from .extras import MissingExtra, require
 from .figures import alphas_figure, controller_figure, curves_figure
+from .nb201_cells import nb201_cell_dot, nb201_cell_figure
 
 FORMATS = ("png", "svg")
 DPI = 100
 # Every figure a stage may have in plots/ (with FORMATS, and .dot for the cells). A stage
 # removes those it does not draw itself, so a folder never shows another run's figures (an
 # ENAS controller.png under a DARTS search).
-FIGURES = ("cell_normal", "cell_reduce", "alphas", "curves", "controller")
+FIGURES = ("cell_normal", "cell_reduce", "alphas", "curves", "controller", "cell_nb201")
 
 
 def _figure_files(out: str) -> List[str]:
@@ -53,14 +55,17 @@ def remove_figures(out: str, keep: Sequence[str] = ()) -> None:
             os.remove(path)
 
 
-def _genotype(folder: str, metrics: Dict[str, Any]) -> Optional[Genotype]:
-    """The stage's cell genotype (``genotype.json``, else the metrics' text), or None when the
-    architecture is not a cell (an ENAS macro search)."""
+def _genotype(folder: str, metrics: Dict[str, Any]) -> Union[Genotype, NB201Cell, None]:
+    """The stage's cell genotype (``genotype.json``, else the metrics' text; an ``NB201Cell``
+    for a NAS-Bench-201 search), or None when the architecture is not a cell (an ENAS macro
+    search)."""
     text = str(metrics.get("genotype") or "")
     if text.startswith("MacroArch"):
         return None
     path = os.path.join(folder, "genotype.json")
     try:
+        if text.lstrip().startswith("|"):   # issue 19: an NB201 cell
+            return NB201Cell.load(path) if os.path.exists(path) else NB201Cell.parse(text)
         return Genotype.load(path) if os.path.exists(path) else Genotype.parse(text)
     except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
         raise UserError(f"cannot read the genotype of {folder}: {e}") from None
@@ -111,11 +116,16 @@ def plot_stage(folder: str, figures: bool = True) -> List[str]:
     os.makedirs(out, exist_ok=True)
     written: List[str] = []
     genotype = _genotype(folder, metrics) if search else None
-    cells = ("normal", "reduce") if genotype is not None else ()
+    nb201 = isinstance(genotype, NB201Cell)
+    cells = ("normal", "reduce") if genotype is not None and not nb201 else ()
     genotype_source = os.path.join(folder, "genotype.json")
     for cell in cells:
         path = os.path.join(out, f"cell_{cell}.dot")
         write_text_atomic(cell_dot(genotype, cell), path)
+        written.append(path)
+    if nb201:
+        path = os.path.join(out, "cell_nb201.dot")
+        write_text_atomic(nb201_cell_dot(genotype), path)
         written.append(path)
     if not figures:
         remove_figures(out, keep=[*written, *(p for p in _figure_files(out)
@@ -125,6 +135,8 @@ def plot_stage(folder: str, figures: bool = True) -> List[str]:
     for cell in cells:
         _save(lambda cell=cell: cell_figure(genotype, cell), genotype_source, out,
               f"cell_{cell}", written)
+    if nb201:
+        _save(lambda: nb201_cell_figure(genotype), genotype_source, out, "cell_nb201", written)
     history = metrics["history"]
     if search:
         method = metrics["method"]

@@ -1,4 +1,5 @@
-"""The DARTS supernet, two implementations of one module tree:
+"""The supernets, each in two implementations of one module tree (the DARTS space's here; the
+NAS-Bench-201 space's in ``nb201_reference`` and ``nb201_fast``, ``build_nb201_supernet``):
 
 - ``reference`` (``SearchNetwork``, ``reference.py``): one module per candidate op, the paper
   code's semantics; the oracle of the tests and the baseline of the benchmarks;
@@ -17,8 +18,11 @@ from typing import Optional
 import torch
 
 from ..kernels import dispatch
+from ..nb201 import is_nb201_space
 from ..space import CellSpace, Relaxation
 from .fast import FastSearchCell, FastSearchNetwork, kernel_set_for
+from .nb201_fast import FastNB201SearchNetwork
+from .nb201_reference import NB201SearchNetwork
 from .reference import MixedOp, SearchCell, SearchNetwork, derive_genotype, num_edges
 
 SUPERNETS = ("reference", "fast")
@@ -64,10 +68,37 @@ def build_supernet(supernet: str = "fast", *, C: int = 16, num_classes: int = 10
     ``space`` and ``relaxation``: see ``SearchNetwork`` (default the DARTS space, softmax)."""
     if supernet not in SUPERNETS:
         raise ValueError(f"supernet must be one of {list(SUPERNETS)}, got {supernet!r}")
+    if space is not None and is_nb201_space(space):  # issue 19: NAS-Bench-201's supernet
+        return build_nb201_supernet(supernet, C=C, N=layers, num_classes=num_classes,
+                                    in_channels=in_channels, checkpointing=checkpointing,
+                                    relaxation=relaxation)
     cls = SearchNetwork if supernet == "reference" else FastSearchNetwork
     return cls(C=C, num_classes=num_classes, layers=layers, num_nodes=num_nodes,
                multiplier=multiplier, in_channels=in_channels, checkpointing=checkpointing,
                space=space, relaxation=relaxation)
+
+
+def build_nb201_supernet(supernet: str = "fast", *, C: int = 16, N: int = 5,
+                         num_classes: int = 10, in_channels: int = 3,
+                         checkpointing: bool = False, relaxation: Optional[Relaxation] = None,
+                         track_running_stats: bool = False, partial_channels: int = 1,
+                         edge_normalization: bool = False, aux_skip: Optional[int] = None):
+    """``NB201SearchNetwork`` (``supernet='reference'``) or ``FastNB201SearchNetwork``
+    (``'fast'``): NAS-Bench-201's search supernet, ``N`` search cells per stage; both built from
+    the same random draws. ``build_supernet(..., space=nb201_space())`` calls it with
+    ``N=layers``. Partial channels, edge normalization and the auxiliary skip (PC-DARTS,
+    DARTS-) are not built into the NB201 supernet: asking for them is a ValueError."""
+    if supernet not in SUPERNETS:
+        raise ValueError(f"supernet must be one of {list(SUPERNETS)}, got {supernet!r}")
+    for name, value, off in (("partial_channels", partial_channels, 1),
+                             ("edge_normalization", edge_normalization, False),
+                             ("aux_skip", aux_skip, None)):
+        if value != off:
+            raise ValueError(f"{name}={value!r} is not supported by the NB201 supernet "
+                             f"(use {name}={off!r} with space='nb201')")
+    cls = NB201SearchNetwork if supernet == "reference" else FastNB201SearchNetwork
+    return cls(C=C, N=N, num_classes=num_classes, in_channels=in_channels, relaxation=relaxation,
+               track_running_stats=track_running_stats, checkpointing=checkpointing)
 
 
 def __getattr__(name: str):
@@ -78,5 +109,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["FastSearchCell", "FastSearchNetwork", "MixedOp", "SUPERNETS", "SearchCell",
-           "SearchNetwork", "build_supernet", "check_kernels", "derive_genotype", "num_edges"]
+__all__ = ["FastNB201SearchNetwork", "FastSearchCell", "FastSearchNetwork", "MixedOp",
+           "NB201SearchNetwork", "SUPERNETS", "SearchCell", "SearchNetwork", "build_nb201_supernet",
+           "build_supernet", "check_kernels", "derive_genotype", "num_edges"]

@@ -183,6 +183,9 @@ def _block_views(block: torch.Tensor, views) -> List[torch.Tensor]:
     return list(_BlockViews.apply(block, views))
 
 
+block_views = _block_views  # the fused NB201 cells (``nb201_fast``) read their blocks the same way
+
+
 # -- the fused cell -------------------------------------------------------------------------------
 class _StatePlan:
     """The modules that read one cell state: per reader edge (in node order) its pool BNs, skip
