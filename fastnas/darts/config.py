@@ -2,11 +2,12 @@
 settings."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from ..config import LoopConfig, _field, check_float, choice, device, flag, integer, number
+from ..config import LoopConfig, check_float, choice, device, flag, integer, number
 from ..limits import SUPERNET_EDGE_WEIGHTS, check_network, supernet_edges
 from ..supernet import SUPERNETS
 from .methods import METHODS, apply_preset
@@ -28,8 +29,9 @@ def _check_betas(name: str, value: Any, config: Any) -> None:
 
 
 def betas(default: Tuple[float, float]) -> Any:
-    """A field holding Adam's ``(beta1, beta2)``, each in [0, 1)."""
-    return _field(default, _check_betas, False)
+    """A field holding Adam's ``(beta1, beta2)``, each in [0, 1) (checked as ``Config``'s
+    fields are: ``metadata["check"](name, value, config)``)."""
+    return dataclasses.field(default=default, metadata={"check": _check_betas})
 
 
 @dataclass
