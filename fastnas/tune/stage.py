@@ -178,7 +178,18 @@ def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
         torch.set_num_threads(threads)
     prepare_output(output)
     warm = _warm_start(run)
+    picked = warm[0]   # the search's answer (genotype.json, else its architecture())
     space = SPACES[run.method](run.optimizer, config, warm)
+    ruled = getattr(getattr(run.optimizer, "model", None), "arch", None)
+    if getattr(ruled, "derivation", None) is not None:
+        # a method's derivation rule (P-DARTS skip cap, FairDARTS threshold) may pick a cell
+        # outside the ranking the space is pruned by: such a warm start is left out
+        kept = [g for g in warm if space.contains(g)]
+        for genotype in warm:
+            if genotype not in kept:
+                log(f"warm start left out: {genotype} (derived by the search's "
+                    f"{ruled.derivation} rule) is outside the pruned space")
+        warm = kept
     for genotype in warm:
         if not space.contains(genotype):  # never for DARTS's derived cell (tested)
             raise UserError(f"the warm start {genotype} is outside the pruned space")
@@ -233,7 +244,7 @@ def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
     metrics = {
         "dataset": run.dataset,
         "search": {"folder": run.folder, "method": run.method, "complete": run.complete,
-                   "seconds": run.seconds, "genotype": str(warm[0])},
+                   "seconds": run.seconds, "genotype": str(picked)},
         "space": space.describe(),
         "study": {"name": name, "storage": studies.redact(url), "sampler": config.sampler,
                   "pruner": config.pruner},
