@@ -4,7 +4,9 @@
 Each stage reads its dataset, builds loaders whose order depends only on the seed and the epoch,
 checkpoints atomically after every epoch, writes ``metrics.json`` as it goes, and prints one
 summary block at the end. Settings left out take per-dataset defaults (``SEARCH_DEFAULTS``,
-``TRAIN_DEFAULTS``): the paper's for CIFAR-10, small quick ones for digits. A resumed stage
+``TRAIN_DEFAULTS``): the paper's for CIFAR-10, small quick ones for digits; a DARTS method's
+preset (``fastnas.darts.methods``) overrides them, and the DARTS family adds its own
+(``DARTS_SEARCH_DEFAULTS``) under the preset. A resumed stage
 takes its settings from its checkpoint; a setting that contradicts the checkpoint is an error
 (``epochs`` may change).
 

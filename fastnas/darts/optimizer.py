@@ -54,6 +54,13 @@ class DARTSOptimizer(Resumable):
     penalty). As a search strategy it answers ``architecture()`` (the genotype derived from
     the current alphas) and ``evaluate(loader)`` (the supernet's loss and accuracy), like
     ``ENASOptimizer``.
+
+    The methods built on DARTS are config keys (``method`` and the keys it presets,
+    ``fastnas.darts.methods``): the relaxation, the supernet's partial channels, edge
+    normalization and auxiliary skip, the regularizers the architecture step adds
+    (``regularizers``), SDARTS' perturbation of the weight step (``perturbation``), the frozen
+    warm-up epochs, DARTS+'s early stop (``stopped`` says why the search stopped) and the
+    derivation rules; all their state is in ``state_dict``.
     """
 
     checkpoint_kind = ("search", "darts")
