@@ -275,7 +275,8 @@ def _add_method_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-skips", type=non_negative_int, metavar="N",
                    help="P-DARTS: at most N skip_connects in the derived normal cell")
     g.add_argument("--threshold", type=unit, metavar="T",
-                   help="FairDARTS: derived edges whose weight is below T become none (0.85)")
+                   help="FairDARTS: derived edges whose weight is below T become none "
+                        "(fair-darts: 0.85)")
 
 
 def _add_config_option(p: argparse.ArgumentParser) -> None:
