@@ -272,9 +272,11 @@ class DARTSOptimizer(Resumable):
     @staticmethod
     def epoch_summary(record: Mapping[str, Any]) -> str:
         """An epoch record in one line, each number saying how it was measured."""
-        return (f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}  val loss "
-                f"{record['val_loss']:.3f} acc {record['val_acc']:.3f} (train mode, epoch "
-                f"means)  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+        val = ("val: alphas frozen (warm-up)" if record.get("alphas_frozen") else
+               f"val loss {record['val_loss']:.3f} acc {record['val_acc']:.3f}")
+        return (f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}  {val} "
+                f"(train mode, epoch means)  lr {record['lr']:.4f}  {record['seconds']:.1f}s"
+                + (f"  {record['stopped']}" if record.get("stopped") else ""))
 
     def _search(self, train_loader: Iterable, val_loader: Iterable,
                 callback: Optional[Callable[[DARTSOptimizer, dict], Optional[bool]]],
