@@ -89,6 +89,8 @@ def test_config_round_trips_through_json(method):
     ({"epsilon_min": 0.5}, "epsilon_max must be >= 0.5"),
     ({"threshold": 1.5}, "threshold must be <= 1"),
     ({"arch_betas": (0.9, 1.0)}, "arch_betas[1] must be < 1"),
+    ({"method": "drnas", "compile": True}, "compile=True with relaxation 'dirichlet'"),
+    ({"method": "sdarts-rs", "compile": True}, "is not supported"),
 ])
 def test_bad_method_settings_name_the_reason(values, words):
     with pytest.raises(ValueError) as e:

@@ -161,6 +161,12 @@ class DARTSConfig(LoopConfig):
                                 if self.relaxation == "gumbel" else
                                 "independent sigmoid weights are not")
                              + "; use relaxation softmax or dirichlet")
+        if self.compile and (self.relaxation == "dirichlet" or self.perturbation != "none"):
+            what = ("relaxation 'dirichlet'" if self.relaxation == "dirichlet"
+                    else f"perturbation {self.perturbation!r}")
+            raise ValueError(f"compile=True with {what} is not supported: its noise is drawn "
+                             "from a CPU generator inside the forward pass, which a full-graph "
+                             "compile cannot hold; run without compile")
         if self.dirichlet_kl > 0 and self.relaxation != "dirichlet":
             raise ValueError(f"dirichlet_kl {self.dirichlet_kl} needs relaxation 'dirichlet' "
                              f"(it is the KL term of its samples), got {self.relaxation!r}")
