@@ -52,7 +52,7 @@ from .pipeline import (
 )
 from .reports import PlotObserver, TensorBoardObserver, plot_run
 from .reproducibility import resolve_device
-from .tune import PRUNERS, SAMPLERS, SPACES, tune_stage
+from .tune import PRUNERS, SAMPLERS, tune_stage
 from .tune.tabular import TABULAR_STRATEGIES, parse_objective, tabular_stage
 
 
@@ -485,8 +485,9 @@ def _add_tune_command(sub) -> None:
                                    "genotype.json, trials.csv and metrics.json. Needs Optuna: "
                                    'pip install -e ".[tune]".')
     g = p.add_argument_group("the search that prunes the space")
-    g.add_argument("--from", dest="source_method", choices=tuple(SPACES), default=None,
-                   help="search method (default: darts, or the one of --search)")
+    g.add_argument("--from", dest="source_method", choices=METHOD_NAMES, default=None,
+                   help="search method: darts, enas or a method built on DARTS (default: "
+                        "darts, or the one of --search)")
     g.add_argument("--search", metavar="DIR", default=None,
                    help="a fastnas search output folder (checkpoint.pt); default: search first, "
                         "into OUTPUT/search")

@@ -100,16 +100,20 @@ def test_method_settings_from_a_config_file_and_their_errors(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["drnas", "fair-darts"])
-def test_tune_takes_a_methods_search(method, tmp_path):
+def test_tune_takes_a_methods_search(method, tmp_path, capsys):
     pytest.importorskip("optuna")
     search = tmp_path / "search"
     assert main(["search", "--method", method, "--epochs", "1", *SMALL,
                  "--output", str(search)]) == 0
     out = tmp_path / "tune"
-    assert main(["tune", "--search", str(search), "--trials", "1", "--startup-trials", "1",
-                 "--epochs", "1", "--layers", "3", "--channels", "4", "--batch-size", "32",
-                 "--limit", "200", "--quiet", "--no-plots", "--output", str(out)]) == 0
+    trial = ["--trials", "1", "--startup-trials", "1", "--epochs", "1", "--layers", "3",
+             "--channels", "4", "--batch-size", "32", "--limit", "200", "--quiet", "--no-plots",
+             "--output", str(out)]
+    assert main(["tune", "--from", method, "--search", str(search), *trial]) == 0
     assert _json(out / "metrics.json")["search"]["method"] == "darts"
+    capsys.readouterr()
+    assert main(["tune", "--from", "sdarts-rs", "--search", str(search), *trial]) == 2
+    assert f"holds a {method} search" in capsys.readouterr().err
 
 
 def test_profile_takes_a_method(capsys):

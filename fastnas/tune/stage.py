@@ -34,6 +34,7 @@ from ..pipeline import (
     Interrupted,
     StageOptions,
     prepare_output,
+    resolve_method,
     search_stage,
 )
 from ..reproducibility import resolve_device
@@ -119,8 +120,13 @@ def _search(options: StageOptions, method: Optional[str], source: Optional[str],
             raise UserError(f"{flags}: the search in {source} is already done; drop them or "
                             "drop --search")
         run = load_search(source)
-        if method is not None and method != run.method:
-            raise UserError(f"--from {method}: {source} holds an {run.method} search")
+        if method is not None:
+            strategy, preset = resolve_method(method)   # a DARTS method: its preset too
+            found = getattr(run.optimizer.config, "method", None) if run.method == "darts" else None
+            if strategy.name != run.method or (preset is not None and found != preset):
+                held = found or run.method
+                article = "an" if held[0] in "aeiou" else "a"
+                raise UserError(f"--from {method}: {source} holds {article} {held} search")
         return run
     folder = os.path.join(output, "search")
     metrics = os.path.join(folder, "metrics.json")
