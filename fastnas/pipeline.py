@@ -428,8 +428,11 @@ def _write_config(stage: str, table: Mapping[str, Any], path: str) -> None:
 
 
 def _check_unchanged(given: Mapping[str, Any], config: Mapping[str, Any], path: str) -> None:
+    def plain(v):   # a pair read from JSON or TOML is a list, the checkpoint's a tuple
+        return list(v) if isinstance(v, tuple) else v
+
     for key, value in given.items():
-        if key not in RESUME_MAY_CHANGE and key in config and config[key] != value:
+        if key not in RESUME_MAY_CHANGE and key in config and plain(config[key]) != plain(value):
             flag = "--" + {"drop_path_prob": "drop-path"}.get(key, key.replace("_", "-"))
             raise UserError(f"{flag} {value} does not match the checkpoint {path} "
                             f"({key} {config[key]}); drop the flag or drop --resume")
