@@ -86,6 +86,10 @@ def test_method_settings_from_a_config_file_and_their_errors(tmp_path, capsys):
     assert (config["method"], config["perturbation"], config["epsilon_max"]) == (
         "sdarts-rs", "random", 0.1)
     assert "runs" not in os.listdir(tmp_path)
+    # resumed from its own config.json (the Adam betas read back as a list)
+    assert main(["search", "--config", str(out / "config.json"), "--resume", "--epochs", "2",
+                 *SMALL, "--output", str(out)]) == 0
+    assert _json(out / "metrics.json")["epochs"] == 2
     capsys.readouterr()
     # a method flag for ENAS, a combination that cannot work, another method on resume
     assert main(["search", "--method", "enas", "--tau-max", "5", "--epochs", "1", *SMALL,
