@@ -126,33 +126,3 @@ def test_profile_takes_a_method(capsys):
                  "--threads", "1"]) == 0
     assert "fast" in capsys.readouterr().out
 
-
-@pytest.mark.parametrize("method, extra", [("drnas", ["--warmup-epochs", "1"]),
-                                           ("sdarts-adv", ["--pgd-steps", "2"])])
-def test_sigkill_then_resume_is_bitwise_the_straight_search(method, extra, tmp_path, capsys):
-    """The search killed (SIGKILL, tests/fault_runner.py) in its second epoch and resumed equals
-    the straight search bitwise: weights, alphas, optimizers, the method's noise generators
-    (Dirichlet samples, SDARTS noise) and schedules, RNGs, history."""
-    import signal
-    import subprocess
-    import sys
-
-    from test_reliability import ENV, RUNNER, finished, same
-
-    args = ["search", "--method", method, "--epochs", "2", "--dataset", "digits", "--layers",
-            "3", "--channels", "4", "--batch-size", "16", "--limit", "64", "--quiet",
-            "--no-plots", *extra]   # 2 steps per epoch
-    straight = tmp_path / "straight"
-    assert main([*args, "--output", str(straight)]) == 0
-    killed = tmp_path / "killed"
-    done = subprocess.run([sys.executable, RUNNER, "kill-step:4", "--", *args,
-                           "--output", str(killed)], env=ENV, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == -signal.SIGKILL, done.stderr
-    capsys.readouterr()
-    assert main([*args, "--resume", "--output", str(killed)]) == 0
-    state, metrics = finished(killed)
-    reference_state, reference_metrics = finished(straight)
-    same(state, reference_state)
-    same(metrics["history"], reference_metrics["history"], "metrics.history")
-    assert metrics["val_accuracy"] == reference_metrics["val_accuracy"]
