@@ -31,7 +31,8 @@ import torch
 from . import __version__, data, distributed, profiling
 from .checkpoint import check_writable, write_json_atomic
 from .config import STAGES, read_config_file
-from .darts.config import CELL_SPACES
+from .darts.config import CELL_SPACES, PERTURBATIONS, RELAXATIONS
+from .darts.methods import METHODS
 from .errors import CheckpointWriteError, NonFiniteError, UserError
 from .genotypes import PUBLISHED
 from .interrupts import handle_termination
@@ -39,8 +40,9 @@ from .limits import CPUS, MAX_THREADS, MAX_WORKERS
 from .nb201 import resolve_cell
 from .paper import convert_paper_checkpoint
 from .pipeline import (
+    DARTS_METHOD_KEYS,
     DEFAULT_METHOD,
-    SEARCH_METHODS,
+    METHOD_NAMES,
     Interrupted,
     StageOptions,
     resolve_genotype,
@@ -50,7 +52,7 @@ from .pipeline import (
 )
 from .reports import PlotObserver, TensorBoardObserver, plot_run
 from .reproducibility import resolve_device
-from .tune import PRUNERS, SAMPLERS, SPACES, tune_stage
+from .tune import PRUNERS, SAMPLERS, tune_stage
 from .tune.tabular import TABULAR_STRATEGIES, parse_objective, tabular_stage
 
 
@@ -193,8 +195,10 @@ def _add_report_options(p: argparse.ArgumentParser) -> None:
 
 def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g = p.add_argument_group("search")
-    g.add_argument("--method", choices=tuple(SEARCH_METHODS), default=None,
-                   help="search strategy (default: the config file's, else darts)")
+    g.add_argument("--method", choices=METHOD_NAMES, default=None,
+                   help="search strategy: darts, enas, or a method built on DARTS with its "
+                        "paper's defaults (README 'Methods'; default: the config file's, else "
+                        "darts)")
     g.add_argument(f"--{prefix}epochs", type=positive_int, metavar="N",
                    help="search epochs (digits: 8, cifar10: 50)")
     g.add_argument(f"--{prefix}layers", type=positive_int, metavar="L",
@@ -225,6 +229,54 @@ def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                         "ENAS's controller learning rate")
     g.add_argument("--arch-weight-decay", type=_number(0, high=None), metavar="WD",
                    help="architecture: DARTS's weight decay of the alphas (1e-3)")
+    _add_method_options(p)
+
+
+def _add_method_options(p: argparse.ArgumentParser) -> None:
+    """The settings of the methods built on DARTS (README 'Methods'); each overrides its
+    --method preset."""
+    g = p.add_argument_group("DARTS methods (each overrides the --method preset)")
+    unit = _number(0, 1, high_open=False)
+    non_negative = _number(0, high=None)
+    positive = _number(0, low_open=True, high=None)
+    g.add_argument("--relaxation", choices=RELAXATIONS, default=None,
+                   help="mixing weights: softmax (DARTS), gumbel (GDAS), dirichlet (DrNAS), "
+                        "sigmoid (FairDARTS)")
+    g.add_argument("--tau-max", type=positive, metavar="T",
+                   help="gumbel: temperature at the first epoch (10)")
+    g.add_argument("--tau-min", type=positive, metavar="T",
+                   help="gumbel: temperature at the last epoch (0.1)")
+    g.add_argument("--dirichlet-kl", type=non_negative, metavar="S",
+                   help="dirichlet: scale of the KL term to Dirichlet(1), summed over edges "
+                        "(0: off, the code's L2 option; its KL option uses 1e-3)")
+    g.add_argument("--partial-channels", type=positive_int, metavar="K",
+                   help="PC-DARTS: 1/K of the channels go through the mixed ops (1: off)")
+    g.add_argument("--edge-normalization", action=argparse.BooleanOptionalAction, default=None,
+                   help="PC-DARTS: weigh each node's inputs by softmax(beta)")
+    g.add_argument("--aux-skip", type=positive_int, metavar="E",
+                   help="DARTS-: a skip on every edge, weighted 1 - epoch/E (off by default)")
+    g.add_argument("--beta-lambda", type=non_negative, metavar="L",
+                   help="beta-DARTS: lambda * mean(logsumexp(alpha)), lambda ramped 0 -> L")
+    g.add_argument("--zero-one-weight", type=non_negative, metavar="W",
+                   help="FairDARTS: -W * mean((sigmoid(alpha) - 0.5)^2)")
+    g.add_argument("--perturbation", choices=PERTURBATIONS, default=None,
+                   help="SDARTS: perturb the weight step's mixing weights (none, random, "
+                        "adversarial)")
+    g.add_argument("--epsilon-min", type=non_negative, metavar="E",
+                   help="SDARTS: perturbation radius at the first epoch (0.03)")
+    g.add_argument("--epsilon-max", type=non_negative, metavar="E",
+                   help="SDARTS: radius the ramp heads to at the last epoch (0.3)")
+    g.add_argument("--pgd-steps", type=positive_int, metavar="N",
+                   help="SDARTS adversarial: PGD steps (7)")
+    g.add_argument("--warmup-epochs", type=non_negative_int, metavar="N",
+                   help="alphas frozen for the first N epochs (PC-DARTS 15, DrNAS 10)")
+    g.add_argument("--early-stop-skips", type=positive_int, metavar="N",
+                   help="DARTS+: stop once the derived normal cell holds N skip_connects")
+    g.add_argument("--max-skips", type=non_negative_int, metavar="N",
+                   help="P-DARTS: at most N skip_connects in the derived normal cell")
+    g.add_argument("--threshold", type=unit, metavar="T",
+                   help="FairDARTS: derived edges whose weight is below T become none "
+                        "(fair-darts: 0.85)")
 
 
 def _add_space_options(p: argparse.ArgumentParser) -> None:
@@ -282,7 +334,8 @@ def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
 GUARD_KEYS = ("on_nonfinite", "max_nonfinite_skips")
 SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", "compile", "learning_rate",
                "lr_min", "momentum", "weight_decay", "grad_clip", "arch_learning_rate",
-               "arch_weight_decay", "space", *GUARD_KEYS)
+               "arch_weight_decay", "space", *GUARD_KEYS,
+               *(k for k in DARTS_METHOD_KEYS if k != "method"))
 TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr_min", "momentum",
               "weight_decay", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
               "grad_clip", "sync_bn", *GUARD_KEYS)
@@ -450,8 +503,9 @@ def _add_tune_command(sub) -> None:
                                    "genotype.json, trials.csv and metrics.json. Needs Optuna: "
                                    'pip install -e ".[tune]".')
     g = p.add_argument_group("the search that prunes the space")
-    g.add_argument("--from", dest="source_method", choices=tuple(SPACES), default=None,
-                   help="search method (default: darts, or the one of --search)")
+    g.add_argument("--from", dest="source_method", choices=METHOD_NAMES, default=None,
+                   help="search method: darts, enas or a method built on DARTS (default: "
+                        "darts, or the one of --search)")
     g.add_argument("--search", metavar="DIR", default=None,
                    help="a fastnas search output folder (checkpoint.pt); default: search first, "
                         "into OUTPUT/search")
@@ -567,9 +621,11 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         device = str(resolve_device(args.device))
     except (RuntimeError, ValueError) as e:
         raise UserError(f"--device {args.device}: {e}") from None
-    config = dict(supernet=args.supernet, precision=args.precision,
+    # a method's preset fills the rest; its warm-up is left out, so that the profiled step is
+    # the method's full step (architecture step included)
+    config = dict(method=args.method, supernet=args.supernet, precision=args.precision,
                   checkpointing=args.checkpointing, order=args.order, channels=args.channels,
-                  layers=args.layers, device=device, seed=0)
+                  layers=args.layers, device=device, seed=0, warmup_epochs=0)
     batch_size = args.batch_size or (64 if device.startswith("cuda") else 8)
     sizes = dict(batch_size=batch_size, image_size=args.image_size, warmup=args.warmup,
                  steps=args.steps)
@@ -599,6 +655,9 @@ def _add_profile_command(sub) -> None:
                                    "GPU, peak RSS on the CPU), then the activations kept for "
                                    "backward per cell and per op.")
     g = p.add_argument_group("search settings")
+    g.add_argument("--method", choices=METHODS, default="darts",
+                   help="the DARTS method whose step to profile, with its preset (README "
+                        "'Methods'; warm-up epochs left out; default darts)")
     g.add_argument("--supernet", choices=("fast", "reference"), default="fast",
                    help="fast (fused, default) or reference (a module per op)")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16", "fp64"), default="fp32")

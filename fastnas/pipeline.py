@@ -4,7 +4,9 @@
 Each stage reads its dataset, builds loaders whose order depends only on the seed and the epoch,
 checkpoints atomically after every epoch, writes ``metrics.json`` as it goes, and prints one
 summary block at the end. Settings left out take per-dataset defaults (``SEARCH_DEFAULTS``,
-``TRAIN_DEFAULTS``): the paper's for CIFAR-10, small quick ones for digits. A resumed stage
+``TRAIN_DEFAULTS``): the paper's for CIFAR-10, small quick ones for digits; a DARTS method's
+preset (``fastnas.darts.methods``) overrides them, and the DARTS family adds its own
+(``DARTS_SEARCH_DEFAULTS``) under the preset. A resumed stage
 takes its settings from its checkpoint; a setting that contradicts the checkpoint is an error
 (``epochs`` may change).
 
@@ -38,6 +40,7 @@ from .config import RUNTIME_KEYS
 from .console import Progress, duration, epochs, log, print_block
 from .darts import DARTSOptimizer
 from .darts.config import NB201_SEARCH
+from .darts.methods import METHODS, PRESETS
 from .enas import ENASOptimizer
 from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
@@ -56,6 +59,11 @@ SEARCH_DEFAULTS = {
 # sized for 32x32 images; the head fits only 8x8 features at 2/3 depth).
 SEARCH_DEFAULTS.update({name: dict(SEARCH_DEFAULTS["cifar10"]) for name in ("cifar100",
                                                                           data.FOLDER)})
+# The DARTS family's own per-dataset defaults, over SEARCH_DEFAULTS (and under a method's
+# preset): on digits the paper's architecture learning rate (3e-4) leaves every op's weight
+# between 0.123 and 0.127 after 8 epochs (uniform: 0.125); 1e-2 moves them to 0.077-0.179
+# (3e-3: 0.111-0.143), so the quick start's search visibly learns (README "Quick start").
+DARTS_SEARCH_DEFAULTS = {"digits": {"arch_learning_rate": 1e-2}}
 TRAIN_DEFAULTS = {
     "digits": {"epochs": 30, "layers": 5, "channels": 16, "batch_size": 128, "auxiliary": False,
                "cutout": 0, "seed": 0},
@@ -177,13 +185,19 @@ _COMMON_KEYS = {"epochs": "epochs", "channels": "channels", "batch_size": "batch
 # Settings a resumed stage may change: how long it runs, what a non-finite value does, and
 # whether the supernet runs compiled (the same computation).
 RESUME_MAY_CHANGE = ("epochs", "on_nonfinite", "max_nonfinite_skips", "compile")
+# The DARTS config keys of the methods built on it (issue 18), each its own search setting.
+DARTS_METHOD_KEYS = ("method", "relaxation", "tau_max", "tau_min", "dirichlet_kl",
+                     "partial_channels", "edge_normalization", "aux_skip", "beta_lambda",
+                     "zero_one_weight", "perturbation", "epsilon_min", "epsilon_max", "pgd_steps",
+                     "warmup_epochs", "early_stop_skips", "max_skips", "threshold")
 SEARCH_METHODS: Dict[str, SearchMethod] = {
     "darts": SearchMethod("darts", DARTSOptimizer,
                           {**_COMMON_KEYS, "layers": "layers", "order": "order",
                            "compile": "compile", "space": "space",
                            "learning_rate": "learning_rate_w",
                            "arch_learning_rate": "learning_rate_alpha",
-                           "arch_weight_decay": "arch_weight_decay"},
+                           "arch_weight_decay": "arch_weight_decay",
+                           **{k: k for k in DARTS_METHOD_KEYS}},
                           scored="supernet in eval mode: BatchNorm running statistics"),
     "enas": SearchMethod("enas", ENASOptimizer,
                          {**_COMMON_KEYS, "layers": "num_layers", "learning_rate": "shared_lr",
@@ -192,6 +206,20 @@ SEARCH_METHODS: Dict[str, SearchMethod] = {
                                 "statistics"),
 }
 DEFAULT_METHOD = "darts"
+# Every name ``--method`` takes: the strategies, and the DARTS methods (``fastnas.darts.methods``),
+# which search with the ``darts`` strategy and their preset.
+METHOD_NAMES = tuple(dict.fromkeys([*SEARCH_METHODS, *METHODS]))
+
+
+def resolve_method(name: str) -> Tuple[SearchMethod, Optional[str]]:
+    """The strategy that searches with ``--method name`` and, for the DARTS family, the preset
+    (``darts`` itself included); a UserError names the known methods."""
+    if name in METHODS:
+        return SEARCH_METHODS["darts"], name
+    if name in SEARCH_METHODS:
+        return SEARCH_METHODS[name], None
+    raise UserError(f"unknown search method {name!r}; use --method one of "
+                    f"{', '.join(METHOD_NAMES)}")
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
@@ -415,8 +443,11 @@ def _write_config(stage: str, table: Mapping[str, Any], path: str) -> None:
 
 
 def _check_unchanged(given: Mapping[str, Any], config: Mapping[str, Any], path: str) -> None:
+    def plain(v):   # a pair read from JSON or TOML is a list, the checkpoint's a tuple
+        return list(v) if isinstance(v, tuple) else v
+
     for key, value in given.items():
-        if key not in RESUME_MAY_CHANGE and key in config and config[key] != value:
+        if key not in RESUME_MAY_CHANGE and key in config and plain(config[key]) != plain(value):
             flag = "--" + {"drop_path_prob": "drop-path"}.get(key, key.replace("_", "-"))
             raise UserError(f"{flag} {value} does not match the checkpoint {path} "
                             f"({key} {config[key]}); drop the flag or drop --resume")
@@ -470,10 +501,10 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     ``alphas.json`` (``fastnas.reports.alphas``), ``config.json`` and ``checkpoint.pt`` in
     ``output``. Returns ``(architecture, metrics)``."""
     method = method or options.config.get("search", {}).get("method") or DEFAULT_METHOD
-    if method not in SEARCH_METHODS:
-        raise UserError(f"unknown search method {method!r}; use --method "
-                        f"{' or '.join(SEARCH_METHODS)}")
-    method = SEARCH_METHODS[method]
+    method, preset = resolve_method(method)
+    title = preset or method.name   # what the log lines call it: the DARTS method's name
+    if preset is not None:
+        given = {**given, "method": preset}
     paths = {name: os.path.join(output, name)
              for name in ("genotype.json", "metrics.json", "alphas.json", "config.json",
                           "checkpoint.pt")}
@@ -497,6 +528,9 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
         if given.get("space") == "nb201":
             defaults = {**method.config_given(NB201_SEARCH_DEFAULTS.get(
                 dataset, NB201_SEARCH_DEFAULTS["cifar10"])), **NB201_SEARCH_CONFIG}
+        if preset is not None:   # a DARTS method: its preset over the dataset's defaults
+            defaults.update(method.config_given(DARTS_SEARCH_DEFAULTS.get(dataset, {})))
+            defaults = {k: v for k, v in defaults.items() if k not in PRESETS[preset]}
         settings = {**defaults, **given}
         total = settings.pop("epochs")
         config = dict(settings, in_channels=info.in_channels, num_classes=info.num_classes)
@@ -532,7 +566,7 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
                                                           "channels", "batch_size", "order",
                                                           "search_space")
                      if hasattr(cfg, k))
-    log(f"search: {method.name} on {dataset} ({len(split.weights)} weight + {len(split.arch)} "
+    log(f"search: {title} on {dataset} ({len(split.weights)} weight + {len(split.arch)} "
         f"architecture images), {size}, epochs {optimizer.epoch}->{total}, "
         f"device {device}, output {output}")
     started = time.perf_counter()
@@ -587,12 +621,14 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     for observer in _observers(options):
         observer.end(run, result)
     batch_stats = "; NB201 search cells: batch statistics" if table is not None else ""
-    print_block(f"search finished: {method.name} on {dataset}, {epochs(optimizer.epoch)} "
+    print_block(f"search finished: {title} on {dataset}, {epochs(optimizer.epoch)} "
                 f"in {duration(time.perf_counter() - started)}",
                 [("genotype", str(arch)),
                  ("val accuracy", f"{final['accuracy']:.4f} ({method.scored}{batch_stats}, "
                                   "architecture half of the train split)"),
                  *table_lines,
+                 *([("stopped", optimizer.stopped)] if getattr(optimizer, "stopped", None)
+                   else []),
                  ("files", list(paths.values()))])
     return arch, result
 
@@ -809,8 +845,8 @@ def _join_configs(output: str) -> None:
     write_json_atomic(tables, os.path.join(output, "config.json"))
 
 
-__all__ = ["DEFAULT_METHOD", "EVAL_BATCH_SIZE", "Interrupted", "NB201_SEARCH_DEFAULTS",
-           "SEARCH_DEFAULTS", "SEARCH_METHODS",
-           "SearchMethod",
+__all__ = ["DARTS_METHOD_KEYS", "DARTS_SEARCH_DEFAULTS", "DEFAULT_METHOD", "EVAL_BATCH_SIZE",
+           "Interrupted", "METHOD_NAMES", "NB201_SEARCH_DEFAULTS", "SEARCH_DEFAULTS",
+           "SEARCH_METHODS", "SearchMethod", "resolve_method",
            "StageObserver", "StageOptions", "StageRun", "TRAIN_DEFAULTS", "prepare_output",
            "resolve_genotype", "run_pipeline", "search_stage", "train_stage"]

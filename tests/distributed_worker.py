@@ -22,6 +22,8 @@ from fastnas.errors import UserError  # noqa: E402
 
 DARTS = dict(channels=4, layers=3, num_classes=4, in_channels=1, num_nodes=2, device="cpu",
              seed=0, grad_clip=None, learning_rate_alpha=0.05)
+METHODS = {"drnas": dict(method="drnas", warmup_epochs=0),
+           "sdarts-adv": dict(method="sdarts-adv", pgd_steps=2)}
 ENAS = dict(channels=4, num_layers=3, num_nodes=2, num_classes=4, in_channels=1, device="cpu",
             seed=0, grad_clip=None, controller_samples=2)
 
@@ -86,6 +88,20 @@ def enas_step(rank, world):
             "controller_grads": seen[0], "archs": told[0][0], "rewards": told[0][1]}
 
 
+def record_mixing(opt):
+    """Every mixing-weight tensor the supernet's passes use from now on (after SDARTS' hook)."""
+    arch, seen = opt.model.arch, []
+    mixing = arch.mixing
+
+    def recorded(training=True):
+        out = mixing(training)
+        seen.append({t: w.detach().clone() for t, w in out.items()})
+        return out
+
+    arch.mixing = recorded
+    return seen
+
+
 def state_of(opt):
     out = {"model": {k: v.clone() for k, v in opt.model.state_dict().items()}}
     for name in ("weight_optimizer", "shared_optimizer", "controller_optimizer"):
@@ -99,11 +115,14 @@ def state_of(opt):
     return out
 
 
-def five_steps(kind, order, rank, world):
+def five_steps(kind, order, rank, world, **method):
     if kind == "darts":
-        opt = DARTSOptimizer(dict(DARTS, order=order, grad_clip=5.0))
+        opt = DARTSOptimizer(dict(DARTS, order=order, grad_clip=5.0, **method))
+        mixed = record_mixing(opt) if method else None
         for s in range(5):
             opt.step(shard(batches(10 + s), rank, world), shard(batches(20 + s), rank, world))
+        if mixed is not None:   # the weights every pass mixed with (samples, attacks)
+            return distributed.gather({**state_of(opt), "mixed": mixed})
     else:
         opt = ENASOptimizer(dict(ENAS, grad_clip=5.0))
         for s in range(5):
@@ -125,6 +144,10 @@ def main():
         "same_darts2": five_steps("darts", 2, rank, world),
         "same_enas": five_steps("enas", 1, rank, world),
     }
+    # issue 18: the DARTS methods that draw noise (Dirichlet samples; SDARTS' PGD, its random
+    # start and the mean ascent direction) keep the replicas identical
+    result.update({f"same_{m}": five_steps("darts", 1, rank, world, **extra)
+                   for m, extra in METHODS.items()})
     try:
         pipeline._per_rank(5)
         result["split_error"] = None

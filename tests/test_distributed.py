@@ -199,6 +199,12 @@ def test_no_divergence_after_five_steps(key, ranks):
         same(states[0], states[1], key)
 
 
+@pytest.mark.parametrize("method", list(worker.METHODS))
+def test_no_divergence_with_a_darts_methods_noise(method, ranks):
+    """Issue 18: Dirichlet samples and SDARTS' attack are the same on every rank."""
+    test_no_divergence_after_five_steps(f"same_{method}", ranks)
+
+
 def test_the_global_batch_splits_evenly(ranks):
     assert ranks[0]["per_rank_batch"] == 4
     assert ranks[0]["split_error"] == ("--batch-size 5 does not split evenly over 2 ranks; use a "

@@ -1,7 +1,8 @@
 """The architecture step of DARTS' bi-level optimization.
 
 The method gives the loss ``L(logits, y)`` (default: cross-entropy) and, through the
-supernet's relaxation (``fastnas.space``), an optional penalty ``P(a)`` on the alphas that
+supernet's relaxation (``fastnas.space``) and its regularizers (``fastnas.space.regularizers``),
+an optional penalty ``P(a)`` (the relaxation's plus every regularizer's) on the alphas that
 joins the validation loss only: ``L_val(w, a) = L(f(x_val; w, a), y_val) + P(a)``, in both
 orders (in the unrolled step's ``grad_a L_val(w', a)`` too; ``P`` does not depend on the
 weights, so ``v`` and ``H v`` are those of the data loss). Every forward pass of the step runs
@@ -59,7 +60,8 @@ class Architect:
     ``loss(logits, y)`` is the method's loss (default ``cross_entropy``, half precision logits
     upcast); ``architecture`` (default the model's ``arch``, if it has one) is the
     ``ArchitectureParameters`` whose phase the passes run in and whose penalty joins the
-    validation loss.
+    validation loss; each of ``regularizers`` (``fastnas.space.regularizers``), called with its
+    ``by_type()`` alphas, joins it too.
     """
 
     def __init__(self, model: nn.Module, lr: float, betas=(0.5, 0.999), weight_decay: float = 1e-3,
@@ -67,10 +69,12 @@ class Architect:
                  hessian_r: float = 0.01, autocast: Optional[Callable] = None,
                  loss_scale: Optional[Callable[[], float]] = None,
                  check: Optional[Callable[[str, object], bool]] = None,
-                 loss: Optional[Callable] = None, architecture: Optional[nn.Module] = None):
+                 loss: Optional[Callable] = None, architecture: Optional[nn.Module] = None,
+                 regularizers: Sequence[Callable] = ()):
         self.model = model
         self.loss_fn = cross_entropy if loss is None else loss
         self.architecture = getattr(model, "arch", None) if architecture is None else architecture
+        self.regularizers = list(regularizers)
         self.order = order
         self.momentum = momentum
         self.network_weight_decay = network_weight_decay
@@ -99,10 +103,21 @@ class Architect:
         return self.loss_fn(logits, y), logits
 
     def val_loss(self, x, y, weights=None):
-        """``L(f(x; w, a), y) + P(a)``: the loss plus the relaxation's penalty, if any."""
+        """``L(f(x; w, a), y) + P(a)``: the loss plus the relaxation's penalty and the
+        regularizers' terms, if any."""
         loss, logits = self.loss(x, y, weights)
-        penalty = self.architecture.penalty() if self.architecture is not None else None
+        penalty = self.penalty()
         return (loss if penalty is None else loss + penalty), logits
+
+    def penalty(self) -> Optional[torch.Tensor]:
+        """``P(a)``: the relaxation's penalty plus each regularizer's term (None: no term)."""
+        terms = []
+        if self.architecture is not None:
+            own = self.architecture.penalty()
+            if own is not None:
+                terms.append(own)
+            terms += [r(self.architecture.by_type()) for r in self.regularizers]
+        return sum(terms[1:], terms[0]) if terms else None
 
     def _phase(self):
         if self.architecture is None:

@@ -2,13 +2,15 @@
 settings."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Mapping, Optional, Tuple, Union
 
-from ..config import LoopConfig, choice, device, flag, integer, number
+from ..config import LoopConfig, check_float, choice, device, flag, integer, number
 from ..limits import SUPERNET_EDGE_WEIGHTS, check_network, supernet_edges
 from ..supernet import SUPERNETS
+from .methods import METHODS, apply_preset
 
 PRECISIONS = ("fp32", "bf16", "fp16", "fp64")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -25,6 +27,21 @@ NB201_NODES, NB201_EDGES, NB201_EDGE_WEIGHTS = 3, 6, 10
 NB201_SEARCH = {"learning_rate_w": 0.025, "lr_min": 0.001, "momentum": 0.9, "nesterov": True,
                 "weight_decay": 5e-4, "batch_size": 64, "channels": 16, "layers": 5,
                 "learning_rate_alpha": 3e-4, "arch_weight_decay": 1e-3}
+RELAXATIONS = ("softmax", "gumbel", "dirichlet", "sigmoid")
+PERTURBATIONS = ("none", "random", "adversarial")
+
+
+def _check_betas(name: str, value: Any, config: Any) -> None:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise TypeError(f"{name} must be a pair of numbers (beta1, beta2), got {value!r}")
+    for i, beta in enumerate(value):
+        check_float(f"{name}[{i}]", beta, low=0, high=1, high_open=True)
+
+
+def betas(default: Tuple[float, float]) -> Any:
+    """A field holding Adam's ``(beta1, beta2)``, each in [0, 1) (checked as ``Config``'s
+    fields are: ``metadata["check"](name, value, config)``)."""
+    return dataclasses.field(default=default, metadata={"check": _check_betas})
 
 
 @dataclass
@@ -33,7 +50,8 @@ class DARTSConfig(LoopConfig):
 
     Weights: SGD with ``learning_rate_w`` cosine-annealed per epoch to ``lr_min``, ``momentum``,
     ``weight_decay`` and gradient-norm clipping ``grad_clip`` (weights only; None disables).
-    Alphas: Adam with ``learning_rate_alpha``, betas (0.5, 0.999), ``arch_weight_decay``.
+    Alphas: Adam with ``learning_rate_alpha``, ``arch_betas`` (0.5, 0.999) and
+    ``arch_weight_decay``.
     ``order`` 1 is the first-order approximation, 2 the unrolled (second-order) step whose
     Hessian-vector product uses the finite-difference radius ``hessian_r / ||v||``.
 
@@ -46,6 +64,26 @@ class DARTSConfig(LoopConfig):
     ``compile_mode`` (``reduce-overhead``: CUDA graphs on a GPU); off by default.
     ``space``: ``darts`` (the DARTS cell) or ``nb201`` (NAS-Bench-201's: ``channels`` is C,
     ``layers`` N); ``nesterov``: Nesterov momentum for the weights (``NB201_SEARCH``).
+
+    The methods built on DARTS (issue 18; defaults: plain DARTS). ``method`` names a preset
+    (``fastnas.darts.methods.PRESETS``) that ``from_dict`` fills the keys not given from.
+
+    - ``relaxation``: the mixing weights from the alphas: ``softmax`` (DARTS), ``gumbel`` (GDAS:
+      hard straight-through samples, ``tau`` falling linearly from ``tau_max`` to ``tau_min``),
+      ``dirichlet`` (DrNAS: samples of ``Dirichlet(elu(a) + 1)``, plus ``dirichlet_kl`` times
+      the summed KL to ``Dirichlet(1)``), ``sigmoid`` (FairDARTS).
+    - ``partial_channels`` K (PC-DARTS; 1 = off) and ``edge_normalization``; ``aux_skip`` E
+      (DARTS-: ``beta_aux = max(0, 1 - epoch / E)`` times a skip added to every edge).
+    - ``beta_lambda`` (beta-DARTS: ``lambda_e * mean(logsumexp(a))``, ``lambda_e = beta_lambda
+      * e / E``) and ``zero_one_weight`` w (FairDARTS: ``-w * mean((sigmoid(a) - 0.5)^2)``) on
+      the architecture loss.
+    - ``perturbation`` of the weight step's mixing weights (SDARTS): ``random`` (uniform in
+      ``[-eps, eps]``) or ``adversarial`` (``pgd_steps`` of L-inf PGD); ``eps`` ramps from
+      ``epsilon_min`` to ``epsilon_max``.
+    - ``warmup_epochs``: the alphas stay frozen for these first epochs; ``early_stop_skips``
+      (DARTS+): stop once the derived normal cell holds that many skip_connects;
+      ``max_skips`` (P-DARTS) and ``threshold`` (FairDARTS): derivation rules
+      (``fastnas.space.derivation``).
     """
 
     learning_rate_w: float = number(0.025, low=0, low_open=True)
@@ -78,6 +116,35 @@ class DARTSConfig(LoopConfig):
     # weights, as xautodl's NB201 searches (``NB201_SEARCH``: their settings).
     space: str = choice("darts", CELL_SPACES)
     nesterov: bool = flag(False)
+    arch_betas: Tuple[float, float] = betas((0.5, 0.999))
+    # -- issue 18: the methods built on DARTS (fastnas.darts.methods; README "Methods") --------
+    method: str = choice("darts", METHODS)
+    relaxation: str = choice("softmax", RELAXATIONS)
+    tau_max: float = number(10.0, low=0, low_open=True)
+    tau_min: float = number(0.1, low=0, low_open=True, high="tau_max")
+    dirichlet_kl: float = number(0.0, low=0)
+    partial_channels: int = integer(1, low=1)
+    edge_normalization: bool = flag(False)
+    aux_skip: Optional[int] = integer(None, low=1, optional=True)
+    beta_lambda: float = number(0.0, low=0)
+    zero_one_weight: float = number(0.0, low=0)
+    perturbation: str = choice("none", PERTURBATIONS)
+    epsilon_min: float = number(0.03, low=0)
+    epsilon_max: float = number(0.3, low="epsilon_min")
+    pgd_steps: int = integer(7, low=1)
+    warmup_epochs: int = integer(0, low=0)
+    early_stop_skips: Optional[int] = integer(None, low=1, optional=True)
+    max_skips: Optional[int] = integer(None, low=0, optional=True)
+    threshold: Optional[float] = number(None, low=0, high=1, optional=True)
+
+    @classmethod
+    def from_dict(cls, values: Union[Mapping[str, Any], DARTSConfig, None]) -> DARTSConfig:
+        """As ``Config.from_dict``, with every key not in ``values`` taken from the preset that
+        ``values["method"]`` names (``fastnas.darts.methods.PRESETS``; ``darts``: the defaults).
+        A ``DARTSConfig`` built directly takes its keys as given."""
+        if isinstance(values, Mapping):
+            values = apply_preset(values)
+        return super().from_dict(values)
 
     def resolve_defaults(self) -> None:
         if self.backend is not None and self.backend in LEGACY_BACKENDS:
@@ -104,6 +171,38 @@ class DARTSConfig(LoopConfig):
         if self.compile and self.checkpointing:
             raise ValueError("compile=True with checkpointing=True is not supported: the "
                              "recomputed cells would break the compiled graph; use one of them")
+        if not isinstance(self.arch_betas, tuple):
+            self.arch_betas = tuple(self.arch_betas)  # a JSON list reads back as the pair
+        self._validate_method()
+
+    def _validate_method(self) -> None:
+        """The combinations of the method keys that cannot work, each a one-line reason."""
+        if self.relaxation == "gumbel" and self.order == 2:
+            raise ValueError("relaxation 'gumbel' with order 2: GDAS has no second-order path "
+                             "(the unrolled step would differentiate through a fresh hard "
+                             "sample at each of its passes); use order 1")
+        if self.perturbation != "none" and self.relaxation in ("gumbel", "sigmoid"):
+            raise ValueError(f"perturbation {self.perturbation!r} with relaxation "
+                             f"{self.relaxation!r}: SDARTS perturbs mixing weights on the "
+                             "simplex (clamped and renormalized), which "
+                             + ("a hard one-hot sample computing one op per edge is not"
+                                if self.relaxation == "gumbel" else
+                                "independent sigmoid weights are not")
+                             + "; use relaxation softmax or dirichlet")
+        if self.compile and (self.relaxation == "dirichlet" or self.perturbation != "none"):
+            what = ("relaxation 'dirichlet'" if self.relaxation == "dirichlet"
+                    else f"perturbation {self.perturbation!r}")
+            raise ValueError(f"compile=True with {what} is not supported: its noise is drawn "
+                             "from a CPU generator inside the forward pass, which a full-graph "
+                             "compile cannot hold; run without compile")
+        if self.dirichlet_kl > 0 and self.relaxation != "dirichlet":
+            raise ValueError(f"dirichlet_kl {self.dirichlet_kl} needs relaxation 'dirichlet' "
+                             f"(it is the KL term of its samples), got {self.relaxation!r}")
+        if (self.early_stop_skips is not None and self.max_skips is not None
+                and self.early_stop_skips > self.max_skips):
+            raise ValueError(f"early_stop_skips {self.early_stop_skips} can never trigger: "
+                             f"max_skips {self.max_skips} caps the skip_connects of the "
+                             "derived normal cell below it")
 
     @property
     def required_kernels(self) -> Optional[str]:

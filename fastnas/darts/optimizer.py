@@ -37,8 +37,10 @@ from ..genotypes import Genotype
 from ..nb201 import NB201Cell, is_nb201_space, nb201_space
 from ..reproducibility import get_rng_state, resolve_device, seed_everything, set_rng_state
 from ..space import WEIGHTS, CellSpace, Relaxation
+from ..space.derivation import SKIP
 from ..supernet import build_supernet, check_kernels
 from ..supernet.compiled import compile_supernet, differentiating
+from . import methods
 from .architect import Architect, cross_entropy
 from .config import DARTSConfig
 from .model_search import ModelSearch, search_model
@@ -63,6 +65,13 @@ class DARTSOptimizer(Resumable):
     ``model``: search the ``fastnas.Choice``/``InputChoice`` modules of your own ``nn.Module``
     instead of the DARTS supernet (``fastnas.darts.model_search``); the supernet's shape keys
     are then ignored, ``genotype()`` is ``export()``, and ``fixed_model()`` gives the result.
+
+    The methods built on DARTS are config keys (``method`` and the keys it presets,
+    ``fastnas.darts.methods``): the relaxation, the supernet's partial channels, edge
+    normalization and auxiliary skip, the regularizers the architecture step adds
+    (``regularizers``), SDARTS' perturbation of the weight step (``perturbation``), the frozen
+    warm-up epochs, DARTS+'s early stop (``stopped`` says why the search stopped) and the
+    derivation rules; all their state is in ``state_dict``.
     """
 
     checkpoint_kind = ("search", "darts")
@@ -83,15 +92,32 @@ class DARTSOptimizer(Resumable):
         self.precision = Precision(cfg.precision, self.device)
         self.dtype = self.precision.param_dtype
         self.kernels = check_kernels(cfg.supernet, self.device, self.dtype, cfg.required_kernels)
+        # the method's parts (fastnas.darts.methods); their noise is seeded from the config
+        needs_seed = cfg.perturbation != "none" or (relaxation is None
+                                                    and cfg.relaxation != "softmax")
+        seed = methods.method_seed(cfg) if needs_seed else 0
+        if relaxation is None:
+            relaxation = methods.build_relaxation(cfg, seed)
         self.user_model = model   # model=: search its Choices (fastnas.darts.model_search)
         build = build_supernet if model is None else search_model(model)
         self.model = build(
             cfg.supernet, C=cfg.channels, num_classes=cfg.num_classes, layers=cfg.layers,
             num_nodes=cfg.num_nodes, in_channels=cfg.in_channels,
             checkpointing=cfg.checkpointing, space=space,
-            relaxation=relaxation).to(self.device, self.dtype)
+            relaxation=relaxation, **methods.supernet_options(cfg)).to(self.device, self.dtype)
         if model is not None:
             distributed.broadcast_(list(self.model.state_dict().values()))  # identical replicas
+        self.regularizers = methods.build_regularizers(cfg)
+        self.perturbation = methods.build_perturbation(cfg, seed)
+        self.model.arch.perturbation = self.perturbation
+        derivation = methods.build_derivation(cfg)
+        if derivation is not None:
+            derivation.check(self.model.space)
+        self.model.arch.derivation = derivation
+        if cfg.early_stop_skips is not None and SKIP not in self.model.space.ops:
+            raise ValueError(f"early_stop_skips counts {SKIP} in the derived normal cell; the "
+                             f"space has no such op (its ops: {', '.join(self.model.space.ops)})")
+        self.stopped: Optional[str] = None   # why the search stopped early (DARTS+), if it did
         self.loss = cross_entropy if loss is None else loss
         if cfg.compile:
             compile_supernet(self.model, cfg.compile_mode)
@@ -100,7 +126,8 @@ class DARTSOptimizer(Resumable):
                                                 weight_decay=cfg.weight_decay,
                                                 nesterov=cfg.nesterov)
         self.guard = NonFiniteGuard(cfg.on_nonfinite, cfg.max_nonfinite_skips)
-        self.architect = Architect(self.model, lr=cfg.learning_rate_alpha, betas=(0.5, 0.999),
+        self.architect = Architect(self.model, lr=cfg.learning_rate_alpha,
+                                   betas=tuple(cfg.arch_betas), regularizers=self.regularizers,
                                    weight_decay=cfg.arch_weight_decay, order=cfg.order,
                                    momentum=cfg.momentum, network_weight_decay=cfg.weight_decay,
                                    hessian_r=cfg.hessian_r, autocast=self._autocast,
@@ -201,20 +228,33 @@ class DARTSOptimizer(Resumable):
         """Architecture step on ``val_batch``, then weight step on ``train_batch``.
 
         Returns ``train_loss``, ``train_acc``, ``val_loss``, ``val_acc`` (of the loss the
-        architecture step minimized), ``lr`` and ``skipped`` (True when a non-finite value made
-        ``on_nonfinite='skip'`` drop an update). Raises ``NonFiniteError`` under ``'stop'``.
+        architecture step minimized; NaN in the ``warmup_epochs``, which skip it: ``frozen``),
+        ``lr`` and ``skipped`` (True when a non-finite value made ``on_nonfinite='skip'`` drop
+        an update). Raises ``NonFiniteError`` under ``'stop'``. With an SDARTS perturbation the
+        weight step mixes with the perturbed weights (``fastnas.darts.perturbation``).
         """
         train_batch = self._batch("train_batch", train_batch)
         val_batch = self._batch("val_batch", val_batch)
         self.model.train()
-        with self._differentiating(self.arch_parameters(), self.config.order == 1):
-            val_loss, val_logits, arch_applied = self.architect.step(
-                train_batch, val_batch, self.lr, self.weight_optimizer)
+        frozen = self.frozen
+        if frozen:   # warm-up: the alphas stay, the validation batch is not used
+            val_loss = val_logits = None
+            arch_applied = True
+        else:
+            with self._differentiating(self.arch_parameters(), self.config.order == 1):
+                val_loss, val_logits, arch_applied = self.architect.step(
+                    train_batch, val_batch, self.lr, self.weight_optimizer)
         x, y = train_batch
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with self._autocast(), self._differentiating(self.weight_parameters()), \
-                self.model.arch.phase(WEIGHTS):
-            logits = self.model(x)
+        try:
+            if self.perturbation is not None and self.perturbation.kind == "adversarial":
+                self.perturbation.attack(self.model, train_batch, self.loss, self._autocast)
+            with self._autocast(), self._differentiating(self.weight_parameters()), \
+                    self.model.arch.phase(WEIGHTS):
+                logits = self.model(x)
+        finally:
+            if self.perturbation is not None:
+                self.perturbation.release()
         loss = self.loss(logits, y)
         weights = self.weight_parameters()
         applied = self._weight_step(loss, weights)
@@ -227,11 +267,17 @@ class DARTSOptimizer(Resumable):
         return {
             "train_loss": loss.item(),
             "train_acc": accuracy(logits, y),
-            "val_loss": val_loss.item(),
-            "val_acc": accuracy(val_logits, val_batch[1]),
+            "val_loss": float("nan") if frozen else val_loss.item(),
+            "val_acc": float("nan") if frozen else accuracy(val_logits, val_batch[1]),
             "lr": self.lr,
             "skipped": not (applied and arch_applied),
+            "frozen": frozen,
         }
+
+    @property
+    def frozen(self) -> bool:
+        """The alphas are frozen in this epoch (``warmup_epochs``: no architecture step)."""
+        return self.epoch < self.config.warmup_epochs
 
     def _weight_step(self, loss: torch.Tensor, weights: List[nn.Parameter]) -> bool:
         """SGD on the weights with the gradient norm clipped; False when skipped."""
@@ -279,6 +325,8 @@ class DARTSOptimizer(Resumable):
         """
         if epochs is not None:
             self.total_epochs = check_epochs(epochs)
+        if self.stopped is not None:   # DARTS+ stopped it: it stays stopped
+            self.total_epochs = self.epoch
         with console_progress(self, "search", progress, train_loader, callback,
                               on_step) as (callback, on_step):
             return self._search(train_loader, val_loader, callback, on_step)
@@ -286,9 +334,11 @@ class DARTSOptimizer(Resumable):
     @staticmethod
     def epoch_summary(record: Mapping[str, Any]) -> str:
         """An epoch record in one line, each number saying how it was measured."""
-        return (f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}  val loss "
-                f"{record['val_loss']:.3f} acc {record['val_acc']:.3f} (train mode, epoch "
-                f"means)  lr {record['lr']:.4f}  {record['seconds']:.1f}s")
+        val = ("val: alphas frozen (warm-up)" if record.get("alphas_frozen") else
+               f"val loss {record['val_loss']:.3f} acc {record['val_acc']:.3f}")
+        return (f"train loss {record['train_loss']:.3f} acc {record['train_acc']:.3f}  {val} "
+                f"(train mode, epoch means)  lr {record['lr']:.4f}  {record['seconds']:.1f}s"
+                + (f"  {record['stopped']}" if record.get("stopped") else ""))
 
     def _search(self, train_loader: Iterable, val_loader: Iterable,
                 callback: Optional[Callable[[DARTSOptimizer, dict], Optional[bool]]],
@@ -296,7 +346,7 @@ class DARTSOptimizer(Resumable):
         def run_epoch(epoch: int) -> Dict[str, Any]:
             self._set_lr(cosine_lr(epoch, self.total_epochs, self.config.learning_rate_w,
                                    self.config.lr_min))
-            self.model.set_epoch(epoch, self.total_epochs)  # the method's schedules
+            self.set_epoch(epoch)  # the method's schedules
             means = {k: RunningMean() for k in ("train_loss", "train_acc", "val_loss", "val_acc")}
             steps = 0
             for train_batch, val_batch in paired(train_loader, val_loader):
@@ -305,20 +355,53 @@ class DARTSOptimizer(Resumable):
                 n_train, n_val = len(train_batch[1]), len(val_batch[1])
                 if not stats["skipped"]:
                     for k in means:
-                        means[k].add(stats[k], n_train if k.startswith("train") else n_val)
+                        if not (stats["frozen"] and k.startswith("val")):
+                            means[k].add(stats[k], n_train if k.startswith("train") else n_val)
                 if on_step is not None:
                     on_step(self, stats)
             if steps == 0:
                 raise ValueError("train_loader yielded no batches")
             distributed.average_buffers(self.model)   # one set of BN statistics for every rank
-            return {"lr": self.lr, "steps": steps, "skipped_steps": self.guard.skipped,
-                    **{k: m.reduced().value for k, m in means.items()},
-                    "genotype": str(self.genotype()),
-                    **{f"alphas_{t}": w for t, w in self.model.arch.strengths().items()},
-                    "alphas_what": self.model.relaxation.what}
+            frozen = epoch < self.config.warmup_epochs
+            genotype = self.genotype()
+            record = {"lr": self.lr, "steps": steps, "skipped_steps": self.guard.skipped,
+                      **{k: float("nan") if frozen and k.startswith("val")
+                         else m.reduced().value for k, m in means.items()},
+                      "genotype": str(genotype),
+                      **{f"alphas_{t}": w for t, w in self.model.arch.strengths().items()},
+                      "alphas_what": self.model.relaxation.what}
+            if self.config.warmup_epochs:
+                record["alphas_frozen"] = frozen
+            stop = self._early_stop(genotype)
+            if stop is not None:   # the record and the checkpoint written after it say so
+                record["stopped"] = self.stopped = stop
+                self.total_epochs = epoch + 1
+            return record
 
         run_epochs(self, run_epoch, callback)
         return self.genotype()
+
+    def set_epoch(self, epoch: int) -> None:
+        """The method's schedules at the start of epoch ``epoch`` (0-based): the supernet's
+        (relaxation, auxiliary skip), the regularizers' and the perturbation's."""
+        self.model.set_epoch(epoch, self.total_epochs)
+        for part in [*self.regularizers, self.perturbation]:
+            if part is not None:
+                part.set_epoch(epoch, self.total_epochs)
+
+    def _early_stop(self, genotype) -> Optional[str]:
+        """DARTS+ (Liang et al., 2019): why the search stops after this epoch, or None: the
+        derived normal cell holds ``early_stop_skips`` or more skip_connects."""
+        limit = self.config.early_stop_skips
+        if limit is None:
+            return None
+        cell = genotype.normal if isinstance(genotype, Genotype) else [
+            edge for node in genotype.cells["normal"].nodes for edge in node]
+        skips = sum(op == SKIP for op, _ in cell)
+        if skips < limit:
+            return None
+        return (f"DARTS+ early stop after epoch {self.epoch + 1}: the derived normal cell holds "
+                f"{skips} {SKIP} (early_stop_skips {limit})")
 
     @torch.no_grad()
     def evaluate(self, loader: Iterable) -> Dict[str, float]:
@@ -383,6 +466,10 @@ class DARTSOptimizer(Resumable):
             "nonfinite": self.guard.state_dict(),
             "relaxation": self.model.relaxation.state_dict(),
             **({"choices": list(self.model.space.names)} if self.user_model is not None else {}),
+            "regularizers": [r.state_dict() for r in self.regularizers],
+            **({"perturbation": self.perturbation.state_dict()}
+               if self.perturbation is not None else {}),
+            **({"stopped": self.stopped} if self.stopped is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -409,6 +496,11 @@ class DARTSOptimizer(Resumable):
                       float(s)) for g, s in state.get("told", [])]
         self.guard.load_state_dict(state.get("nonfinite", {}))
         self.model.relaxation.load_state_dict(state.get("relaxation", {}))
+        for r, saved in zip(self.regularizers, state.get("regularizers", [])):
+            r.load_state_dict(saved)
+        if self.perturbation is not None:
+            self.perturbation.load_state_dict(state.get("perturbation", {}))
+        self.stopped = state.get("stopped")
         set_rng_state(state["rng"])
 
 

@@ -4,7 +4,10 @@
   derivation): the one edge walk of the code base, and derivation from strengths;
 - ``relaxation``: how alphas become mixing weights (per phase), the strengths every consumer
   reads, and an optional penalty on the validation loss (``Softmax``: DARTS);
-- ``parameters``: ``ArchitectureParameters``, the alphas of every cell type as one module.
+- ``parameters``: ``ArchitectureParameters``, the alphas of every cell type as one module;
+- ``regularizers``: terms on the alphas for the architecture loss (beta-DARTS, FairDARTS);
+- ``derivation``: derivation rules beyond the space's own (P-DARTS skip cap, FairDARTS
+  threshold).
 """
 from .cell import CellSpace, Edge, darts_space
 from .parameters import ArchitectureParameters, attach_state_dict_names
@@ -21,3 +24,10 @@ from .relaxation import (
 __all__ = ["ARCHITECTURE", "ArchitectureParameters", "CellSpace", "EVALUATION", "Edge", "PHASES",
            "Relaxation", "Softmax", "WEIGHTS", "attach_state_dict_names", "check_phase",
            "darts_space"]
+
+# issue 18: the methods' relaxations, regularizers and derivation rules
+from .derivation import Derivation  # noqa: E402
+from .regularizers import BetaDecay, Regularizer, ZeroOne  # noqa: E402
+from .relaxation import Dirichlet, Sigmoid  # noqa: E402
+
+__all__ += ["BetaDecay", "Derivation", "Dirichlet", "Regularizer", "Sigmoid", "ZeroOne"]

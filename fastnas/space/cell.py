@@ -146,8 +146,11 @@ class CellSpace:
                 gene.append((self.ops[int(block[j].argmax())], j))
         return gene
 
-    def derive(self, strengths: Mapping[str, torch.Tensor]):
-        """The architecture of ``{cell type: strengths}``: ``architecture(space, cells)``."""
+    def derive(self, strengths: Mapping[str, torch.Tensor], derivation=None):
+        """The architecture of ``{cell type: strengths}``: ``architecture(space, cells)``;
+        ``derivation`` (a ``fastnas.space.derivation.Derivation``) replaces the rule."""
+        if derivation is not None:
+            return derivation.derive(self, strengths)
         with torch.no_grad():
             cells = {t: (self.derive_cell(strengths[t]), self.concat) for t in self.cell_types}
         return self.architecture(self, cells)

@@ -14,7 +14,7 @@ paper-equivalence keep their ``alphas_normal`` / ``alphas_reduce`` keys.
 from __future__ import annotations
 
 import contextlib
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.nn as nn
@@ -34,6 +34,10 @@ class ArchitectureParameters(nn.Module):
         self.current_phase = WEIGHTS
         # {cell type: index or None} of the last ``mixing`` call (``Relaxation.sample``).
         self.selected: Dict[str, Optional[torch.Tensor]] = {t: None for t in space.cell_types}
+        # issue 18: a hook ``(mixing, phase) -> mixing`` on every pass's weights (SDARTS,
+        # fastnas.darts.perturbation), and the derivation rule (fastnas.space.derivation)
+        self.perturbation: Optional[Callable] = None
+        self.derivation = None
         for t in self.cell_types:
             self.register_parameter(f"alphas_{t}", nn.Parameter(1e-3 * torch.randn(space.shape)))
 
@@ -60,6 +64,8 @@ class ArchitectureParameters(nn.Module):
         out = {}
         for t, a in self.by_type().items():
             out[t], self.selected[t] = self.relaxation.sample(a, phase)
+        if self.perturbation is not None:
+            out = self.perturbation(out, phase)
         return out
 
     def set_epoch(self, epoch: int, total_epochs: int) -> None:
@@ -77,7 +83,7 @@ class ArchitectureParameters(nn.Module):
 
     def derive(self):
         """The space's architecture from the current strengths."""
-        return self.space.derive(self.strengths())
+        return self.space.derive(self.strengths(), self.derivation)
 
 
 def attach_state_dict_names(module: nn.Module, child: str = "arch") -> None:

@@ -34,6 +34,7 @@ from ..pipeline import (
     Interrupted,
     StageOptions,
     prepare_output,
+    resolve_method,
     search_stage,
 )
 from ..reproducibility import resolve_device
@@ -119,8 +120,13 @@ def _search(options: StageOptions, method: Optional[str], source: Optional[str],
             raise UserError(f"{flags}: the search in {source} is already done; drop them or "
                             "drop --search")
         run = load_search(source)
-        if method is not None and method != run.method:
-            raise UserError(f"--from {method}: {source} holds an {run.method} search")
+        if method is not None:
+            strategy, preset = resolve_method(method)   # a DARTS method: its preset too
+            found = getattr(run.optimizer.config, "method", None) if run.method == "darts" else None
+            if strategy.name != run.method or (preset is not None and found != preset):
+                held = found or run.method
+                article = "an" if held[0] in "aeiou" else "a"
+                raise UserError(f"--from {method}: {source} holds {article} {held} search")
         return run
     folder = os.path.join(output, "search")
     metrics = os.path.join(folder, "metrics.json")
@@ -178,7 +184,18 @@ def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
         torch.set_num_threads(threads)
     prepare_output(output)
     warm = _warm_start(run)
+    picked = warm[0]   # the search's answer (genotype.json, else its architecture())
     space = SPACES[run.method](run.optimizer, config, warm)
+    ruled = getattr(getattr(run.optimizer, "model", None), "arch", None)
+    if getattr(ruled, "derivation", None) is not None:
+        # a method's derivation rule (P-DARTS skip cap, FairDARTS threshold) may pick a cell
+        # outside the ranking the space is pruned by: such a warm start is left out
+        kept = [g for g in warm if space.contains(g)]
+        for genotype in warm:
+            if genotype not in kept:
+                log(f"warm start left out: {genotype} (derived by the search's "
+                    f"{ruled.derivation} rule) is outside the pruned space")
+        warm = kept
     for genotype in warm:
         if not space.contains(genotype):  # never for DARTS's derived cell (tested)
             raise UserError(f"the warm start {genotype} is outside the pruned space")
@@ -233,7 +250,7 @@ def tune_stage(options: StageOptions, given: Dict[str, Any], output: str, *,
     metrics = {
         "dataset": run.dataset,
         "search": {"folder": run.folder, "method": run.method, "complete": run.complete,
-                   "seconds": run.seconds, "genotype": str(warm[0])},
+                   "seconds": run.seconds, "genotype": str(picked)},
         "space": space.describe(),
         "study": {"name": name, "storage": studies.redact(url), "sampler": config.sampler,
                   "pruner": config.pruner},
