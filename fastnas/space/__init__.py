@@ -4,9 +4,11 @@
   derivation): the one edge walk of the code base, and derivation from strengths;
 - ``relaxation``: how alphas become mixing weights (per phase), the strengths every consumer
   reads, and an optional penalty on the validation loss (``Softmax``: DARTS);
+- ``gumbel``: ``Gumbel``, GDAS's sampled one-hot relaxation (one op per edge);
 - ``parameters``: ``ArchitectureParameters``, the alphas of every cell type as one module.
 """
 from .cell import CellSpace, Edge, darts_space
+from .gumbel import Gumbel
 from .parameters import ArchitectureParameters, attach_state_dict_names
 from .relaxation import (
     ARCHITECTURE,
@@ -18,6 +20,6 @@ from .relaxation import (
     check_phase,
 )
 
-__all__ = ["ARCHITECTURE", "ArchitectureParameters", "CellSpace", "EVALUATION", "Edge", "PHASES",
-           "Relaxation", "Softmax", "WEIGHTS", "attach_state_dict_names", "check_phase",
+__all__ = ["ARCHITECTURE", "ArchitectureParameters", "CellSpace", "EVALUATION", "Edge", "Gumbel",
+           "PHASES", "Relaxation", "Softmax", "WEIGHTS", "attach_state_dict_names", "check_phase",
            "darts_space"]
