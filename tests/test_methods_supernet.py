@@ -274,17 +274,19 @@ def test_fast_gdas_step_runs_only_the_sampled_ops(monkeypatch, partial_channels)
     assert done["blocks"] > 2 * blocks and done["pools"] >= 2 * pools
 
 
-def test_fast_gdas_runs_only_the_sampled_ops_on_the_triton_kernels():
+@pytest.mark.parametrize("axes", [{}, dict(partial_channels=2, edge_normalization=True,
+                                           aux_skip=4)])
+def test_fast_gdas_runs_only_the_sampled_ops_on_the_triton_kernels(axes):
     """Under the Triton kernels (the interpreter on a CPU): the depthwise launches cover exactly
-    the sampled sep and dil convs (their output channels counted), one node sum per node, and
-    the result equals the reference's."""
+    the sampled sep and dil convs (their output channels counted), and the result equals the
+    reference's (also with partial channels, edge normalization and the auxiliary skip)."""
     from fastnas import kernels
     from fastnas.kernels import dispatch
     from fastnas.kernels.launch import recording
 
     if not dispatch.HAS_TRITON or not (dispatch.INTERPRET or torch.cuda.is_available()):
         pytest.skip("needs Triton (compiled on CUDA, or TRITON_INTERPRET=1 on a CPU)")
-    kw = dict(C=4, num_classes=5, layers=3, num_nodes=2, multiplier=2)
+    kw = dict(C=4, num_classes=5, layers=3, num_nodes=2, multiplier=2, **axes)
     torch.manual_seed(0)
     ref = SearchNetwork(**kw, relaxation=Gumbel(seed=7))
     fast = FastSearchNetwork(**kw, relaxation=Gumbel(seed=7))
@@ -303,7 +305,7 @@ def test_fast_gdas_runs_only_the_sampled_ops_on_the_triton_kernels():
     blocks, _ = expected_work(fast)
     assert blocks > 0 and channels == blocks
     sums = [launch for launch in launches if launch.kernel == "weighted_sum_fwd"]
-    assert 0 < len(sums) <= 3 * 2                                 # at most one per node
+    assert 0 < len(sums) <= 3 * 2 * (2 if axes else 1)   # per node (and its bypass channels)
     assert rel(lf, lr) < 1e-4
     for a, b in zip(fast.alphas(), ref.alphas()):
         assert rel(a.grad, b.grad) < 1e-4

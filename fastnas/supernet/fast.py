@@ -28,6 +28,20 @@ from the primitives' named parts (``PoolBN.bn``, ``SepConv.first``, ``DilConv.de
 Any other op of the space runs per edge, as its own module, and joins the same node sum: a
 space with an op the plan does not know works, only that op unfused.
 
+The methods' axes (``SearchNetwork``'s docstring) run on the same plan (``_methods_forward``):
+
+- a hard relaxation's sample (GDAS: ``arch.selected``): per state, only the ops some reader
+  edge sampled run (``_sampled_state_parts``): each sampled pool once, the sampled stride-2
+  skips as one block, the sampled sep and dil convs as one conv-block stage per half with one
+  depthwise call per sampled kernel shape; ``none`` never; node ``i`` is one node sum of its
+  edges' sampled outputs with their (straight-through) weights;
+- partial channels ``K`` (PC-DARTS): the plan runs on each state's first ``C/K`` channels (a
+  view); the bypass channels are views of the states (a 2x2 max pool per stride-2 state), summed
+  per node by one more node sum, and the channel shuffle is one copy into the node's output;
+- edge normalization: the node sum's weights are ``b_e * w_e,k``;
+- the auxiliary skip (DARTS-): one more node-sum part per edge, ``x`` itself or the stride-2
+  FactorizedReduces of all reader edges as one block, weighted ``aux_beta`` (times ``b_e``).
+
 The same plan runs with one of two kernel sets, chosen per forward by the kernel backend
 (``fastnas.kernels.set_backend`` / ``FASTNAS_BACKEND``; ``auto`` picks Triton for CUDA tensors):
 
