@@ -94,7 +94,7 @@ class Gumbel(Relaxation):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.tau = float(state["tau"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(torch.as_tensor(state["generator"], dtype=torch.uint8).cpu())
 
 
 __all__ = ["Gumbel"]
