@@ -15,8 +15,9 @@ loss or the weight step, not the supernet; their rows belong with the method pre
 
 Every configuration (method x supernet x batch size) runs in its own subprocess, one thread, on
 the paper's search network (C=16, 8 cells, 4 nodes, 10 classes, 32x32 RGB, fp32), a fixed
-synthetic batch (train = val). The step is the first-order DARTS step, built here directly from
-``build_supernet`` (the optimizer's method keys are wired elsewhere): the architecture step (Adam
+synthetic batch (train = val). The supernet takes the method's supernet keys from its preset
+(``fastnas.darts.methods.PRESETS``) where the presets exist, else the list above. The step is
+the first-order DARTS step, built here directly from ``build_supernet``: the architecture step (Adam
 3e-4, betas (0.5, 0.999), wd 1e-3; gradients of the architecture parameters only), then the
 weight step (SGD 0.025, momentum 0.9, wd 3e-4, gradient norm clipped at 5; gradients of the
 weights only), each with its own forward pass (GDAS: its own sample). After one warm-up step, the
@@ -66,9 +67,25 @@ METHODS: Dict[str, dict] = {
 TARGETS = {"gdas": (0.3, 0.4), "pc-darts": (0.4, 0.35), "darts-minus": (1.15, 1.15)}
 
 
+def supernet_axes(method: str) -> dict:
+    """``build_supernet``'s keyword arguments for ``method``: from the method's preset
+    (``fastnas.darts.methods.PRESETS``, its supernet keys) where the presets exist, else
+    ``METHODS``."""
+    try:
+        from fastnas.darts.methods import PRESETS
+    except ImportError:
+        return {k: (v() if k == "relaxation" else v) for k, v in METHODS[method].items()}
+    preset = PRESETS[method]
+    axes = {k: preset[k] for k in ("partial_channels", "edge_normalization", "aux_skip")
+            if k in preset}
+    if preset.get("relaxation", "softmax") == "gumbel":
+        axes["relaxation"] = Gumbel(preset.get("tau_max", 10.0), preset.get("tau_min", 0.1), 0)
+    return axes
+
+
 def make_step(method: str, supernet: str, batch_size: int):
     """``step()``: one first-order search step of ``method`` (see the module docstring)."""
-    kw = {k: (v() if k == "relaxation" else v) for k, v in METHODS[method].items()}
+    kw = supernet_axes(method)
     torch.manual_seed(0)
     model = build_supernet(supernet, **PAPER, **kw)
     model.set_epoch(0, 50)
