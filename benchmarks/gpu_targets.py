@@ -21,15 +21,16 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from fastnas.kernels import gpu_targets  # noqa: E402
-from fastnas.supernet.launches import search_launches  # noqa: E402
+from fastnas.supernet.launches import METHOD_AXES, search_launches  # noqa: E402
 
 
 def configurations():
     """The test's configurations (same cache key, so one collection serves both)."""
     def collect():
-        return [c for dtype in (torch.float32, torch.bfloat16)
-                for c in gpu_targets.unique(search_launches(dtype))]
-    return gpu_targets.cached_configurations("darts-paper-search", collect)
+        return gpu_targets.unique([launch for method in METHOD_AXES
+                                   for dtype in (torch.float32, torch.bfloat16)
+                                   for launch in search_launches(dtype, method=method)])
+    return gpu_targets.cached_configurations("paper-search-methods", collect)
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ spills more than ``MAX_SPILL_BYTES``. The checker itself fails on a kernel that 
 and on one that spills.
 
 The configurations come from the fast supernet itself (``fastnas.supernet.launches``: the
-paper-size search step run on fake tensors with the Triton kernels picked), fp32 and bf16.
+paper-size search step run on fake tensors with the Triton kernels picked), fp32 and bf16, for
+DARTS and for the supernets of the methods (``METHOD_AXES``: GDAS's sampled plan, PC-DARTS's
+C/4 channels, DARTS-'s auxiliary skips).
 Compiling ~180 configurations x 2 targets takes minutes on 2 cores, once: the list is cached
 under a hash of the sources that decide it (kernels, ops, supernets) and the torch and Triton
 versions; Triton caches each compiled kernel and ``gpu_targets`` each ptxas report
@@ -19,7 +21,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from fastnas.kernels import gpu_targets, launch  # noqa: E402
-from fastnas.supernet.launches import search_launches  # noqa: E402
+from fastnas.supernet.launches import METHOD_AXES, search_launches  # noqa: E402
 
 # Bytes of spill stores + loads allowed per kernel (ptxas -v). The kernels spill at most 8 bytes
 # today (depthwise_bwd_input at stride 2 on sm_90); more is a regression worth a look.
@@ -28,11 +30,12 @@ MAX_SPILL_BYTES = 64
 
 @pytest.fixture(scope="module")
 def configurations():
-    """Unique launch configurations of a search step, fp32 and bf16 (cached)."""
+    """Unique launch configurations of the search steps, fp32 and bf16 (cached)."""
     def collect():
-        return [c for dtype in (torch.float32, torch.bfloat16)
-                for c in gpu_targets.unique(search_launches(dtype))]
-    return gpu_targets.cached_configurations("darts-paper-search", collect)
+        return gpu_targets.unique([launch for method in METHOD_AXES
+                                   for dtype in (torch.float32, torch.bfloat16)
+                                   for launch in search_launches(dtype, method=method)])
+    return gpu_targets.cached_configurations("paper-search-methods", collect)
 
 
 @pytest.mark.slow_compile

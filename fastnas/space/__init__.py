@@ -4,12 +4,14 @@
   derivation): the one edge walk of the code base, and derivation from strengths;
 - ``relaxation``: how alphas become mixing weights (per phase), the strengths every consumer
   reads, and an optional penalty on the validation loss (``Softmax``: DARTS);
+- ``gumbel``: ``Gumbel``, GDAS's sampled one-hot relaxation (one op per edge);
 - ``parameters``: ``ArchitectureParameters``, the alphas of every cell type as one module;
 - ``regularizers``: terms on the alphas for the architecture loss (beta-DARTS, FairDARTS);
 - ``derivation``: derivation rules beyond the space's own (P-DARTS skip cap, FairDARTS
   threshold).
 """
 from .cell import CellSpace, Edge, darts_space
+from .gumbel import Gumbel
 from .parameters import ArchitectureParameters, attach_state_dict_names
 from .relaxation import (
     ARCHITECTURE,
@@ -21,8 +23,8 @@ from .relaxation import (
     check_phase,
 )
 
-__all__ = ["ARCHITECTURE", "ArchitectureParameters", "CellSpace", "EVALUATION", "Edge", "PHASES",
-           "Relaxation", "Softmax", "WEIGHTS", "attach_state_dict_names", "check_phase",
+__all__ = ["ARCHITECTURE", "ArchitectureParameters", "CellSpace", "EVALUATION", "Edge", "Gumbel",
+           "PHASES", "Relaxation", "Softmax", "WEIGHTS", "attach_state_dict_names", "check_phase",
            "darts_space"]
 
 # issue 18: the methods' relaxations, regularizers and derivation rules

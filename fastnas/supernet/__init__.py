@@ -62,10 +62,14 @@ def check_kernels(supernet: str, device: torch.device, dtype: torch.dtype = torc
 def build_supernet(supernet: str = "fast", *, C: int = 16, num_classes: int = 10,
                    layers: int = 8, num_nodes: int = 4, multiplier: Optional[int] = None,
                    in_channels: int = 3, checkpointing: bool = False,
-                   space: Optional[CellSpace] = None, relaxation: Optional[Relaxation] = None):
+                   space: Optional[CellSpace] = None, relaxation: Optional[Relaxation] = None,
+                   partial_channels: int = 1, edge_normalization: bool = False,
+                   aux_skip: Optional[int] = None):
     """``SearchNetwork`` (``supernet='reference'``) or ``FastSearchNetwork`` (``'fast'``), on the
     CPU in float32; both built from the same random draws, so one seed gives one state.
-    ``space`` and ``relaxation``: see ``SearchNetwork`` (default the DARTS space, softmax)."""
+    ``space`` and ``relaxation``: see ``SearchNetwork`` (default the DARTS space, softmax);
+    ``partial_channels`` (PC-DARTS's K, 1: off), ``edge_normalization`` (PC-DARTS's betas) and
+    ``aux_skip`` (DARTS-'s decay epochs, None: off): the methods' supernet axes, ditto."""
     if supernet not in SUPERNETS:
         raise ValueError(f"supernet must be one of {list(SUPERNETS)}, got {supernet!r}")
     if space is not None and is_nb201_space(space):  # issue 19: NAS-Bench-201's supernet
@@ -75,7 +79,8 @@ def build_supernet(supernet: str = "fast", *, C: int = 16, num_classes: int = 10
     cls = SearchNetwork if supernet == "reference" else FastSearchNetwork
     return cls(C=C, num_classes=num_classes, layers=layers, num_nodes=num_nodes,
                multiplier=multiplier, in_channels=in_channels, checkpointing=checkpointing,
-               space=space, relaxation=relaxation)
+               space=space, relaxation=relaxation, partial_channels=partial_channels,
+               edge_normalization=edge_normalization, aux_skip=aux_skip)
 
 
 def build_nb201_supernet(supernet: str = "fast", *, C: int = 16, N: int = 5,

@@ -14,6 +14,11 @@ what ``fastnas.kernels.gpu_targets`` compiles for real GPU targets.
   and 64 channels, after a normal cell and after a reduction cell; reduction cells at 32 and 64
   channels), hence the same launch configurations (checked once against eight cells).
 - Strides are those of the CPU kernels on fake CPU tensors; like CUDA's, they keep channels_last.
+- ``method`` (``METHOD_AXES``): the supernet of a method of issue 18. ``pc-darts`` runs the plan
+  on C/4 channels (smaller tiles); ``gdas`` runs the sampled plan with a fixed sample (noise is
+  data, which fake tensors have none of) in which edge ``r`` takes op ``r mod len(ops)``: conv
+  ops sampled by one edge of a state (channel multiplier 1, the 16-channel tiles) as well as the
+  full plan's multipliers of the ``darts`` run.
 """
 from __future__ import annotations
 
@@ -27,11 +32,35 @@ import torch.nn.functional as F
 from .. import kernels
 from ..kernels import dispatch
 from ..kernels.launch import Launch, recording
+from ..space import Relaxation, darts_space
 from .compiled import differentiating
 from .fast import FastSearchNetwork
 
 PAPER_SEARCH = dict(C=16, num_classes=10, layers=5, num_nodes=4)
 BATCH, IMAGE_SIZE = 64, 32
+# The supernet axes of each method whose launches differ from DARTS's (see the docstring).
+METHOD_AXES = {
+    "darts": {},
+    "gdas": {"sampled": True},
+    "pc-darts": {"partial_channels": 4, "edge_normalization": True},
+    "darts-minus": {"aux_skip": 50},
+}
+
+
+class _FixedSample(Relaxation):
+    """Softmax weights, and edge ``r`` sampling op ``r mod len(ops)`` (a real CPU tensor, so the
+    supernet can read it under fake tensors)."""
+
+    name = "fixed sample"
+
+    def __init__(self, num_edges: int, num_ops: int):
+        self.index = torch.arange(num_edges) % num_ops
+
+    def weights(self, alphas, phase):
+        return F.softmax(alphas, dim=-1)
+
+    def sample(self, alphas, phase):
+        return self.weights(alphas, phase), self.index
 
 
 @contextlib.contextmanager
@@ -43,15 +72,20 @@ def _cpu_as_gpu():
         yield
 
 
-def search_launches(dtype: torch.dtype = torch.float32, batch: int = BATCH) -> List[Launch]:
+def search_launches(dtype: torch.dtype = torch.float32, batch: int = BATCH,
+                    method: str = "darts") -> List[Launch]:
     """Every Triton launch of the paper-size search steps (see the module docstring)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    axes = dict(METHOD_AXES[method])
+    if axes.pop("sampled", False):
+        space = darts_space(PAPER_SEARCH["num_nodes"])
+        axes["relaxation"] = _FixedSample(space.num_edges, len(space.ops))
     default = torch.get_default_dtype()
     with _cpu_as_gpu(), recording() as launches, FakeTensorMode():
         torch.set_default_dtype(dtype)   # (`.to(dtype)` cannot swap fake parameters)
         try:
-            net = FastSearchNetwork(**PAPER_SEARCH)
+            net = FastSearchNetwork(**PAPER_SEARCH, **axes)
         finally:
             torch.set_default_dtype(default)
         for a in net.alphas():
@@ -65,4 +99,4 @@ def search_launches(dtype: torch.dtype = torch.float32, batch: int = BATCH) -> L
     return launches
 
 
-__all__ = ["BATCH", "IMAGE_SIZE", "PAPER_SEARCH", "search_launches"]
+__all__ = ["BATCH", "IMAGE_SIZE", "METHOD_AXES", "PAPER_SEARCH", "search_launches"]
