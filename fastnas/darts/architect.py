@@ -124,17 +124,22 @@ class Architect:
             return contextlib.nullcontext()
         return self.architecture.phase(ARCHITECTURE)
 
-    def _grad(self, loss, inputs, **kwargs):
+    def _grad(self, loss, inputs, zero_unused: bool = False, **kwargs):
         """``torch.autograd.grad`` of ``loss``, through the loss scale when there is one; the
         gradients come back unscaled (fp32 for fp32 inputs) and, under torchrun, averaged over
         the ranks: every quantity a later stage uses (the alpha gradient, the virtual-step
         gradient that makes ``w'``, ``v``, and both finite-difference alpha gradients) is then
-        the same on every rank."""
-        if self.loss_scale is None:
-            return tuple(distributed.averaged(torch.autograd.grad(loss, inputs, **kwargs)))
-        scale = float(self.loss_scale())
-        grads = torch.autograd.grad(loss * scale, inputs, **kwargs)
-        return tuple(distributed.averaged([None if g is None else g / scale for g in grads]))
+        the same on every rank. ``zero_unused``: an input the loss does not depend on gets a
+        zero gradient (an alpha whose choice a sampled path skipped), not an error."""
+        if zero_unused:
+            kwargs["allow_unused"] = True
+        scale = None if self.loss_scale is None else float(self.loss_scale())
+        grads = torch.autograd.grad(loss if scale is None else loss * scale, inputs, **kwargs)
+        if scale is not None:
+            grads = [None if g is None else g / scale for g in grads]
+        if zero_unused:
+            grads = [_zero_if_none(g, x) for g, x in zip(grads, inputs)]
+        return tuple(distributed.averaged(grads))
 
     # -- the step -----------------------------------------------------------------------------
     def step(self, train_batch, val_batch, xi: float, weight_optimizer: torch.optim.Optimizer):
@@ -149,7 +154,7 @@ class Architect:
             loss, logits = self.val_loss(*val_batch)
             if self.check is not None and not self.check("validation loss", loss.detach()):
                 return loss.detach(), logits.detach(), False
-            grads = self._grad(loss, alphas)
+            grads = self._grad(loss, alphas, zero_unused=True)
         else:
             grads, loss, logits = self.unrolled_gradient(train_batch, val_batch, xi,
                                                          weight_optimizer)
@@ -212,7 +217,7 @@ class Architect:
         def grad_at(sign):
             shifted = {n: w.detach() + sign * R * v for n, w, v in zip(names, weights, vector)}
             loss, _ = self.loss(*train_batch, weights=shifted)
-            return self._grad(loss, alphas)
+            return self._grad(loss, alphas, zero_unused=True)
 
         plus, minus = grad_at(1.0), grad_at(-1.0)
         return [(p - m) / (2 * R) for p, m in zip(plus, minus)]
