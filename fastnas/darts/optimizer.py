@@ -37,7 +37,7 @@ from ..space import WEIGHTS, CellSpace, Relaxation
 from ..supernet import build_supernet, check_kernels
 from ..supernet.compiled import compile_supernet, differentiating
 from .architect import Architect, cross_entropy
-from .config import DARTSConfig
+from .config import DARTSConfig, space_with_primitives
 from .precision import Precision
 
 
@@ -70,6 +70,7 @@ class DARTSOptimizer(Resumable):
         self.precision = Precision(cfg.precision, self.device)
         self.dtype = self.precision.param_dtype
         self.kernels = check_kernels(cfg.supernet, self.device, self.dtype, cfg.required_kernels)
+        space = space_with_primitives(cfg, space)  # the ``primitives`` key (issue 20)
         self.model = build_supernet(
             cfg.supernet, C=cfg.channels, num_classes=cfg.num_classes, layers=cfg.layers,
             num_nodes=cfg.num_nodes, in_channels=cfg.in_channels,

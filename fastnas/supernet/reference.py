@@ -18,7 +18,15 @@ import torch
 import torch.nn as nn
 
 from ..genotypes import Genotype
-from ..ops import PRIMITIVES, FactorizedReduce, PoolBN, ReLUConvBN, cell_plan, make_op
+from ..ops import (
+    PRIMITIVES,
+    FactorizedReduce,
+    PoolBN,
+    ReLUConvBN,
+    cell_plan,
+    is_registered,
+    make_op,
+)
 from ..space import (
     ArchitectureParameters,
     CellSpace,
@@ -37,8 +45,8 @@ def num_edges(num_nodes: int) -> int:
 
 
 class MixedOp(nn.Module):
-    """``sum_k w_k * op_k(x)`` over ``primitives`` (default ``PRIMITIVES``); pools are followed
-    by BN(affine=False) (``PoolBN``)."""
+    """``sum_k w_k * op_k(x)`` over ``primitives`` (default ``PRIMITIVES``); the built-in pools
+    are followed by BN(affine=False) (``PoolBN``), a registered op runs as built."""
 
     def __init__(self, C: int, stride: int, primitives: Sequence[str] = PRIMITIVES):
         super().__init__()
@@ -46,7 +54,7 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList()
         for name in primitives:
             op = make_op(name, C, stride, affine=False)
-            if "pool" in name:
+            if "pool" in name and not is_registered(name):
                 op = PoolBN(op, C)
             self.ops.append(op)
 
