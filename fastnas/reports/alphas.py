@@ -35,6 +35,7 @@ from ..checkpoint import write_text_atomic
 from ..enas.macro import MACRO_OPS
 from ..enas.micro import MICRO_OPS
 from ..limits import MAX_LAYERS, MAX_NODES, MAX_OPTIONS, MAX_PANELS, check_at_most
+from ..ops import PRIMITIVES
 from ..runfiles import read_alphas
 from ..space import CellSpace, darts_space
 
@@ -84,7 +85,9 @@ class AlphaHistory:
             check_at_most(f"config {key}", config.get(key), limit)
         if method == "darts":
             if space is None:
-                space = darts_space(int(config.get("num_nodes", 4)))
+                ops = config.get("primitives")  # None: the paper's eight (issue 20)
+                space = darts_space(int(config.get("num_nodes", 4)),
+                                    ops=PRIMITIVES if ops is None else ops)
             panels = space_panels(space)
             keys = tuple(f"alphas_{t}" for t in space.cell_types)
             what = next((str(r["alphas_what"]) for r in reversed(history) if "alphas_what" in r),
