@@ -726,7 +726,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         raise _stopped(e, "training", checkpoint, trainer.epoch, saved.value) from None
     _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
                                              test_accuracy=result["test_accuracy"],
-                                             data=run_info["data"]),
+                                             data=run_info["data"],
+                                             **({"plugins": plugins} if plugins else {})),
                   lambda: write_json_atomic(result, paths["metrics.json"])])
     for observer in _observers(options):
         observer.end(run, result)

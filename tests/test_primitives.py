@@ -3,6 +3,7 @@
 registered ops in both supernets, genotypes, the final networks and the plots."""
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -321,3 +322,36 @@ def test_a_resumed_run_whose_plugin_is_gone_names_it(tmp_path, monkeypatch, caps
     line = _error(capsys)
     assert f"plugin module '{plugin}' not found" in line and "checkpoint.pt was written with it" \
         in line
+
+
+MARKING_PLUGIN = PLUGIN + """
+import os
+
+with open(f"imported-by-rank-{os.environ.get('RANK', 'none')}", "w") as f:
+    f.write("x")
+"""
+
+
+def test_torchrun_imports_the_plugins_on_every_rank(tmp_path):
+    """Under torchrun every rank imports the plugins (each writes a marker when imported) and
+    builds the supernet with the registered op; the search ends with one set of files."""
+    (tmp_path / "h5_plugin_ranks.py").write_text(MARKING_PLUGIN, encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "fastnas",
+               "search", "--plugins", "h5_plugin_ranks", "--primitives", ",".join(WITH_OP),
+               "--epochs", "1", "--layers", "3", "--channels", "4", "--batch-size", "16",
+               "--limit", "64", "--quiet", "--no-plots", "--dist-timeout", "60",
+               "--output", "out"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.glob("imported-by-rank-*")) == [
+        "imported-by-rank-0", "imported-by-rank-1"]
+    state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert state["run"]["plugins"] == ["h5_plugin_ranks"]
+    assert state["model"]["alphas_normal"].shape == (14, len(WITH_OP))
