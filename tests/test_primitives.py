@@ -232,10 +232,11 @@ def _json(path):
         return json.load(f)
 
 
-def test_run_with_a_registered_op_then_resume_with_the_recorded_plugin(tmp_path, own_ops):
+def test_run_with_a_registered_op_then_resume_with_the_recorded_plugin(tmp_path, own_ops,
+                                                                      monkeypatch, capsys):
     """`fastnas run --plugins M --primitives ...,gelu_conv` searches and trains on digits in a
-    process of its own; the checkpoint and config.json record the plugin, and a resumed search
-    without --plugins imports it again."""
+    process of its own; the checkpoint and config.json record the plugin, a resumed search
+    without --plugins imports it again, and `fastnas plot --plugins M` draws the cells."""
     plugin = _plugin(tmp_path)
     done = _fastnas(tmp_path, "run", "--plugins", plugin, "--primitives", ",".join(WITH_OP),
                     "--search-epochs", "1", "--train-epochs", "1", "--search-layers", "3",
@@ -265,6 +266,16 @@ def test_run_with_a_registered_op_then_resume_with_the_recorded_plugin(tmp_path,
     assert resumed.returncode == 0, resumed.stderr
     assert _json(search / "metrics.json")["epochs"] == 2
     assert torch.load(search / "checkpoint.pt", weights_only=True)["run"]["plugins"] == [plugin]
+
+    unregister("gelu_conv")  # as in a fresh process: the plugin registers it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a plugin import appends the cwd
+    assert main(["plot", str(search)]) == 2
+    assert "unknown operation 'gelu_conv'" in _error(capsys)
+    assert main(["plot", "--plugins", plugin, str(search)]) == 0
+    assert (search / "plots" / "cell_normal.png").stat().st_size > 0
+    assert "gelu_conv" in (search / "plots" / "cell_reduce.dot").read_text(encoding="utf-8") or \
+        "gelu_conv" in (search / "plots" / "cell_normal.dot").read_text(encoding="utf-8")
 
 
 def test_search_with_a_subset_of_the_builtins(tmp_path):
