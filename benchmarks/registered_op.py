@@ -19,7 +19,9 @@ draws nothing), and their logits are compared before timing. Each round times ``
 steps of every variant, interleaved; the figure is the median over ``--repeats`` rounds of the
 per-round medians, and the ratios are against ``builtin`` of the same run. On the CPU a step
 is timed in process CPU time (at one thread, what the step itself costs, whatever else runs on
-the machine), on CUDA in wall-clock time after a synchronize.
+the machine), on CUDA in wall-clock time after a synchronize. Then one more step of each
+measures the peak memory growth of a step (``fastnas.profiling.measure_step_peak``: the peak
+RSS reset before the step on Linux, ``max_memory_allocated`` on CUDA).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from search_step import make_batch, make_config  # noqa: E402
 
 from fastnas import DARTSOptimizer  # noqa: E402
 from fastnas.ops import OPS, PRIMITIVES, register  # noqa: E402
+from fastnas.profiling import measure_step_peak  # noqa: E402
 
 SIZES = {"small": dict(channels=8, layers=5), "paper": {}}
 CONVS = ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
@@ -106,13 +109,20 @@ def main() -> None:
         for v in variants:
             rounds[v].append(statistics.median(timed(opts[v]) for _ in range(args.steps)))
     medians = {v: statistics.median(r) for v, r in rounds.items()}
+    peaks = {}
+    for v in variants:  # one more step each: the peak memory growth of a step
+        growth, _, method, _ = measure_step_peak(lambda o=opts[v]: o.step((x, y), (x, y)),
+                                                 torch.device(args.device))
+        peaks[v] = growth / 2**20
     what = "wall clock" if cuda else "process CPU time"
     print(f"{args.size} network, batch {batch}, {args.device}, {torch.get_num_threads()} "
           f"thread(s), {args.repeats} rounds x {args.steps} steps, {what}")
-    print("| variant | step (s, median) | vs builtin |")
-    print("|---|---|---|")
+    print(f"| variant | step (s, median) | vs builtin | peak growth of a step ({method}) "
+          "| vs builtin |")
+    print("|---|---|---|---|---|")
     for v in variants:
-        print(f"| {v} | {medians[v]:.3f} | {medians[v] / medians['builtin']:.2f}x |")
+        print(f"| {v} | {medians[v]:.3f} | {medians[v] / medians['builtin']:.2f}x "
+              f"| {peaks[v]:.0f} MiB | {peaks[v] / peaks['builtin']:.2f}x |")
 
 
 if __name__ == "__main__":
