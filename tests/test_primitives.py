@@ -317,16 +317,22 @@ def test_run_with_a_registered_op_then_resume_with_the_recorded_plugin(tmp_path,
         "gelu_conv" in (search / "plots" / "cell_normal.dot").read_text(encoding="utf-8")
 
 
-def test_search_with_a_subset_of_the_builtins(tmp_path):
-    done = _fastnas(tmp_path, "search", "--primitives", ",".join(SUBSET), "--epochs", "1",
-                    "--layers", "3", "--channels", "4", "--batch-size", "16", *SMALL,
-                    "--output", "out")
+def test_run_with_a_subset_of_the_builtins(tmp_path):
+    """`fastnas run --primitives` with five of the eight built-ins searches and trains."""
+    done = _fastnas(tmp_path, "run", "--primitives", ",".join(SUBSET), "--search-epochs", "1",
+                    "--train-epochs", "1", "--search-layers", "3", "--train-layers", "3",
+                    "--search-channels", "4", "--train-channels", "4", "--search-batch-size",
+                    "16", "--train-batch-size", "16", *SMALL, "--output", "out")
     assert done.returncode == 0, done.stderr
     config = _json(tmp_path / "out" / "config.json")["search"]
     assert config["primitives"] == SUBSET and "plugins" not in config
-    state = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    state = torch.load(tmp_path / "out" / "search" / "checkpoint.pt", weights_only=True)
     assert state["model"]["alphas_normal"].shape == (14, len(SUBSET))
     assert "plugins" not in state["run"]
+    genotype = Genotype.load(str(tmp_path / "out" / "search" / "genotype.json"))
+    assert set(genotype.to_architecture().ops()) <= set(SUBSET) - {"none"}
+    trained = torch.load(tmp_path / "out" / "train" / "model.pt", weights_only=True)
+    assert Genotype.parse(trained["genotype"]) == genotype and "plugins" not in trained
 
 
 def _error(capsys):
