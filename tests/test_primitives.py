@@ -361,8 +361,8 @@ def test_command_line_errors_name_the_op_or_the_plugin(tmp_path, monkeypatch, ca
 
 
 def test_a_resumed_run_whose_plugin_is_gone_names_it(tmp_path, monkeypatch, capsys, own_ops):
-    """A checkpoint written with a plugin: resuming imports it; if it is gone, one line names it
-    and the checkpoint."""
+    """A search written with a plugin: `--config DIR/config.json` imports it again; resuming
+    a checkpoint whose plugin is gone is one line naming it and the checkpoint."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))  # a plugin import appends the cwd
     plugin = _plugin(tmp_path, "h5_plugin_gone")
@@ -371,6 +371,13 @@ def test_a_resumed_run_whose_plugin_is_gone_names_it(tmp_path, monkeypatch, caps
     common = ["--layers", "3", "--channels", "4", "--batch-size", "16", *SMALL, "--output", out]
     assert main(["search", "--plugins", plugin, "--primitives", ",".join(WITH_OP), "--epochs",
                  "1", *common]) == 0
+    capsys.readouterr()
+    # as in a fresh process: a run repeated from its config.json imports the plugin it lists
+    unregister("gelu_conv")
+    del sys.modules[plugin]
+    again = ["--config", os.path.join(out, "config.json"), *SMALL, "--output", out + "-again"]
+    assert main(["search", *again]) == 0
+    assert is_registered("gelu_conv") and plugin in sys.modules
     capsys.readouterr()
     os.remove(tmp_path / f"{plugin}.py")
     del sys.modules[plugin]
