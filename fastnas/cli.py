@@ -38,6 +38,7 @@ from .genotypes import PUBLISHED
 from .interrupts import handle_termination
 from .limits import CPUS, MAX_THREADS, MAX_WORKERS
 from .nb201 import resolve_cell
+from .ops import PRIMITIVES
 from .paper import convert_paper_checkpoint
 from .pipeline import (
     DARTS_METHOD_KEYS,
@@ -50,6 +51,7 @@ from .pipeline import (
     search_stage,
     train_stage,
 )
+from .plugins import import_plugins, parse_plugins
 from .reports import PlotObserver, TensorBoardObserver, plot_run
 from .reproducibility import resolve_device
 from .tune import PRUNERS, SAMPLERS, tune_stage
@@ -170,7 +172,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         f"never hangs the others (default {distributed.DEFAULT_TIMEOUT_S:g})")
     g.add_argument("--quiet", action="store_true",
                    help="no progress bars; one log line per epoch")
+    _add_plugins_option(p)
     _add_report_options(p)
+
+
+def _add_plugins_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugins", type=parse_plugins, default=None, metavar="MODULE[,MODULE]",
+                   help="import these Python modules first (in every process), e.g. ones that "
+                        "register ops with fastnas.ops.register; a search or training records "
+                        "them and imports them again on resume. Plugins are code you run: "
+                        "name only modules you trust")
+
+
+def _op_names(text: str) -> List[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be op names separated by commas, got {text!r}")
+    return names
 
 
 def _add_folder_options(g) -> None:
@@ -209,6 +227,10 @@ def _add_search_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    help="search batch size (default: 64)")
     g.add_argument("--order", type=int, choices=(1, 2), default=None,
                    help="1: first-order DARTS (default), 2: second-order (unrolled)")
+    g.add_argument("--primitives", type=_op_names, default=None, metavar="OP[,OP]",
+                   help="DARTS: the cell's candidate ops, in alpha-column order: built-in ones "
+                        "(a subset of the default " + ",".join(PRIMITIVES) + ", or others such "
+                        "as sep_conv_7x7) and ops registered by --plugins (default: those eight)")
     g.add_argument("--compile", action="store_true", default=None,
                    help="DARTS: run the supernet under torch.compile (minutes of compilation "
                         "first; see README 'Speed and memory')")
@@ -334,7 +356,7 @@ def _add_train_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
 GUARD_KEYS = ("on_nonfinite", "max_nonfinite_skips")
 SEARCH_KEYS = ("epochs", "layers", "channels", "batch_size", "order", "compile", "learning_rate",
                "lr_min", "momentum", "weight_decay", "grad_clip", "arch_learning_rate",
-               "arch_weight_decay", "space", *GUARD_KEYS,
+               "arch_weight_decay", "space", *GUARD_KEYS, "primitives",
                *(k for k in DARTS_METHOD_KEYS if k != "method"))
 TRAIN_KEYS = ("epochs", "layers", "channels", "batch_size", "learning_rate", "lr_min", "momentum",
               "weight_decay", "auxiliary", "auxiliary_weight", "drop_path_prob", "cutout",
@@ -376,7 +398,8 @@ def _options(args: argparse.Namespace) -> StageOptions:
                         args.quiet, observers=_observers(args), resume_automatic=automatic,
                         replace=args.resume == "no", config=config,
                         image_size=args.image_size, test_fraction=args.test_fraction,
-                        table=getattr(args, "table", None) if args.command != "tune" else None)
+                        table=getattr(args, "table", None) if args.command != "tune" else None,
+                        plugins=args.plugins or ())
 
 
 # -- commands -------------------------------------------------------------------------------------
@@ -608,6 +631,7 @@ def _add_plot_command(sub) -> None:
                                    "PNG and SVG (with matplotlib, a dependency of fastnas).")
     p.add_argument("run_dir", metavar="RUN_DIR",
                    help="a folder written by fastnas search, train or run")
+    _add_plugins_option(p)
     p.set_defaults(handler=_cmd_plot)
 
 
@@ -707,6 +731,7 @@ def _add_convert_paper_command(sub) -> None:
     p.add_argument("target", metavar="OUT.pt", help="the fastnas model file to write")
     p.add_argument("--genotype", required=True, metavar="FILE|NAME",
                    help="the cell it was trained with, e.g. DARTS_V2, or a genotype file")
+    _add_plugins_option(p)
     p.set_defaults(handler=_cmd_convert_paper)
 
 
@@ -760,6 +785,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if args.command is None:
                 commands = ", ".join(args.command_names)
                 raise UserError(f"missing command, one of: {commands} (see fastnas --help)")
+            if getattr(args, "plugins", None):  # before any setting is read, on every rank
+                import_plugins(args.plugins)
             if distributed.launched() is not None and hasattr(args, "dist_backend"):
                 try:
                     _, args.device = distributed.init(args.dist_backend, args.dist_timeout,

@@ -19,7 +19,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple
 
 from .checkpoint import write_json_atomic
 from .limits import MAX_FILE_BYTES, MAX_NODES
-from .ops import OPS
+from .ops import OPS, UNKNOWN_OP_HINT
 
 Edge = Tuple[str, int]
 
@@ -59,7 +59,7 @@ def _check_cell(kind: str, edges: Sequence[Edge], concat: Sequence[int]) -> None
         node = position // 2
         if op not in OPS:
             raise ValueError(f"{kind}: unknown operation {op!r} on node {node}; "
-                             f"known: {', '.join(sorted(OPS))}")
+                             f"known: {', '.join(sorted(OPS))}; {UNKNOWN_OP_HINT}")
         if not 0 <= index <= node + 1:
             raise ValueError(f"{kind}: node {node} cannot take input {index} "
                              f"(allowed 0..{node + 1}: the two cell inputs and earlier nodes)")

@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -46,6 +46,7 @@ from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
 from .nb201 import NB201Cell, Table
+from .plugins import check_plugins, import_plugins, merge_plugins
 from .reports import remove_figures, write_alpha_history
 from .reproducibility import resolve_device
 from .training import FinalTrainer, TrainConfig, parse_architecture
@@ -158,6 +159,9 @@ class StageOptions:
     # issue 19: an NB201 table (CSV) that replaces the shipped one for the found cell's
     # accuracies (--table FILE); only for space nb201
     table: Optional[str] = None
+    # modules to import before the settings are read (--plugins; ``fastnas.plugins``): recorded
+    # in the checkpoint and config.json, imported again on resume
+    plugins: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -193,7 +197,7 @@ DARTS_METHOD_KEYS = ("method", "relaxation", "tau_max", "tau_min", "dirichlet_kl
 SEARCH_METHODS: Dict[str, SearchMethod] = {
     "darts": SearchMethod("darts", DARTSOptimizer,
                           {**_COMMON_KEYS, "layers": "layers", "order": "order",
-                           "compile": "compile", "space": "space",
+                           "compile": "compile", "space": "space", "primitives": "primitives",
                            "learning_rate": "learning_rate_w",
                            "arch_learning_rate": "learning_rate_alpha",
                            "arch_weight_decay": "arch_weight_decay",
@@ -426,7 +430,8 @@ def _file_settings(options: StageOptions, stage: str, info: Any) -> Dict[str, An
     """The config file's table for ``stage`` (config keys; a search's epochs are its config's
     ``num_steps``) without the keys the stage sets itself; a data key that contradicts the
     dataset is an error."""
-    table = {k: v for k, v in options.config.get(stage, {}).items() if k != "method"}
+    table = {k: v for k, v in options.config.get(stage, {}).items()
+             if k not in ("method", "plugins")}
     for key in ("in_channels", "num_classes"):
         if key in table and table.pop(key) != getattr(info, key):
             raise UserError(f"the config file's {stage}.{key} does not match the dataset "
@@ -434,6 +439,26 @@ def _file_settings(options: StageOptions, stage: str, info: Any) -> Dict[str, An
     if stage == "search" and "num_steps" in table:
         table["epochs"] = table.pop("num_steps")
     return table
+
+
+def _stage_plugins(options: StageOptions, state: Optional[dict], checkpoint: str) -> List[str]:
+    """Import the stage's plugins (``fastnas.plugins``) and return them, to be recorded: those
+    of ``--plugins``, of the config file's tables (a run folder's ``config.json`` lists them) and
+    of the checkpoint being resumed. A missing one is a UserError naming it."""
+    tables = [table.get("plugins", []) for table in options.config.values()]
+    plugins = import_plugins(merge_plugins(check_plugins(list(options.plugins)),
+                                           *map(check_plugins, tables)))
+    recorded = check_plugins(state["run"].get("plugins", [])) if state else []
+    try:
+        import_plugins(recorded)
+    except UserError as e:
+        raise UserError(f"{e}; the checkpoint {checkpoint} was written with it") from None
+    return merge_plugins(plugins, recorded)
+
+
+def _with_plugins(table: Mapping[str, Any], plugins: Sequence[str]) -> Dict[str, Any]:
+    """A stage's ``config.json`` table, listing its plugins first when it has any."""
+    return {"plugins": list(plugins), **table} if plugins else dict(table)
 
 
 def _write_config(stage: str, table: Mapping[str, Any], path: str) -> None:
@@ -511,6 +536,7 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "search", method.name))
+    plugins = _stage_plugins(options, state, checkpoint)  # before any setting or op name is read
     if state is None:
         _on_main(lambda: _claim_output(options, output, f"{method.name} search"))
     source = _data_source(options, state, checkpoint)
@@ -536,7 +562,7 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
         config = dict(settings, in_channels=info.in_channels, num_classes=info.num_classes)
     config.update(num_steps=total, device=str(device))
     run_info = {"method": method.name, "dataset": dataset, "limit": limit,
-                "data": source.record()}
+                "data": source.record(), **({"plugins": plugins} if plugins else {})}
     table = _nb201_table(options, config.get("space", "darts"))
 
     split = source.search_data()
@@ -557,8 +583,8 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     _check_batches({"weight half of the search split": train_loader,
                     "architecture half of the search split": val_loader}, limit)
     # the settings are good (bad input wrote nothing): they go into the folder first
-    _on_main(lambda: _write_config("search", {"method": method.name, **cfg.to_dict()},
-                                   paths["config.json"]))
+    _on_main(lambda: _write_config("search", _with_plugins(
+        {"method": method.name, **cfg.to_dict()}, plugins), paths["config.json"]))
     loaders = [train_loader, val_loader]
     data.set_epoch(loaders, optimizer.epoch)
 
@@ -689,6 +715,7 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     checkpoint = paths["checkpoint.pt"]
     device = _device(options.device)
     state = _on_main(lambda: _resume_state(options, checkpoint, "train"))
+    plugins = _stage_plugins(options, state, checkpoint)  # before the genotype's ops are read
     if state is None:
         _on_main(lambda: _claim_output(options, output, "training"))
     if state is None and genotype is None:
@@ -715,7 +742,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         config = {**defaults, **given, "in_channels": info.in_channels,
                   "num_classes": info.num_classes}
     config["device"] = str(device)
-    run_info = {"dataset": dataset, "limit": limit, "data": source.record()}
+    run_info = {"dataset": dataset, "limit": limit, "data": source.record(),
+                **({"plugins": plugins} if plugins else {})}
 
     cfg = _build(lambda: TrainConfig.from_dict(config))
     # Data first: loading may import libraries that draw from the global generators (sklearn's
@@ -734,7 +762,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
     test_loader = data.make_loader(test_set, EVAL_BATCH_SIZE, shuffle=False, device=device,
                                    num_workers=workers, shard=_shard())
     _check_batches({"train split": train_loader}, limit)
-    _on_main(lambda: _write_config("train", cfg.to_dict(), paths["config.json"]))
+    _on_main(lambda: _write_config("train", _with_plugins(cfg.to_dict(), plugins),
+                                   paths["config.json"]))
 
     log(f"train: {dataset} ({len(train_set)} train, {len(test_set)} test images), "
         f"{cfg.layers} layers x {cfg.channels} channels, batch {cfg.batch_size}, "
@@ -781,7 +810,8 @@ def train_stage(options: StageOptions, given: Dict[str, Any], output: str,
         raise _stopped(e, "training", checkpoint, trainer.epoch, saved.value) from None
     _write_epoch([lambda: trainer.save_model(paths["model.pt"], dataset=dataset,
                                              test_accuracy=result["test_accuracy"],
-                                             data=run_info["data"]),
+                                             data=run_info["data"],
+                                             **({"plugins": plugins} if plugins else {})),
                   lambda: write_json_atomic(result, paths["metrics.json"])])
     for observer in _observers(options):
         observer.end(run, result)

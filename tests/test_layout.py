@@ -173,9 +173,9 @@ def test_the_tree_shows_the_layers():
     top = sorted(n[:-3] for n in os.listdir(FASTNAS) if n.endswith(".py"))
     assert top == ["__init__", "__main__", "checkpoint", "choice", "cli", "config", "console",
                    "data", "distributed", "engine", "errors", "genotypes", "image_folder",
-                   "interrupts", "limits", "networks", "paper", "pipeline", "profiling",
-                   "reproducibility", "runfiles", "training"]
-    for package, parts in (("ops", {"primitives", "plan"}),
+                   "interrupts", "limits", "networks", "paper", "pipeline", "plugins",
+                   "profiling", "reproducibility", "runfiles", "training"]
+    for package, parts in (("ops", {"primitives", "plan", "registry"}),
                            ("ops/functional", {"batch_norm", "conv_blocks", "depthwise",
                                                "grad_edges", "list_op", "node_sum", "pointwise"}),
                            ("supernet", {"reference", "fast", "recompute", "stages",

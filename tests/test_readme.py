@@ -21,8 +21,10 @@ def test_the_readme_has_python_examples():
 
 def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     from fastnas import kernels
+    from fastnas.ops import OPS
 
     monkeypatch.chdir(tmp_path)
+    ops = dict(OPS)  # the ops the README registers are gone afterwards
     namespace = {"__name__": "readme"}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -36,6 +38,8 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     finally:
         torch.set_num_threads(threads)
         kernels.set_backend(None)
+        OPS.clear()
+        OPS.update(ops)
     out = capsys.readouterr().out
     assert "Genotype(normal=" in out
 

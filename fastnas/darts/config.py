@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 from ..config import LoopConfig, check_float, choice, device, flag, integer, number
-from ..limits import SUPERNET_EDGE_WEIGHTS, check_network, supernet_edges
+from ..limits import MAX_OPTIONS, SUPERNET_EDGE_WEIGHTS, check_network, supernet_edges
+from ..ops import OPS, PRIMITIVES, UNKNOWN_OP_HINT
+from ..space import CellSpace, darts_space
 from ..supernet import SUPERNETS
 from .methods import METHODS, apply_preset
 
@@ -84,6 +86,10 @@ class DARTSConfig(LoopConfig):
       (DARTS+): stop once the derived normal cell holds that many skip_connects;
       ``max_skips`` (P-DARTS) and ``threshold`` (FairDARTS): derivation rules
       (``fastnas.space.derivation``).
+
+    ``primitives``: the cell's candidate ops, in alpha-column order (``check_primitives``);
+    None is ``PRIMITIVES``, the paper's eight. Set, they are also the ops of a ``space`` given
+    to ``DARTSOptimizer`` (``space_with_primitives``).
     """
 
     learning_rate_w: float = number(0.025, low=0, low_open=True)
@@ -145,6 +151,10 @@ class DARTSConfig(LoopConfig):
         if isinstance(values, Mapping):
             values = apply_preset(values)
         return super().from_dict(values)
+
+    # -- issue 20: the op set of the cell (built-in and registered ops) --------------------------
+    primitives: Optional[List[str]] = field(default=None, metadata={
+        "check": lambda name, value, config: check_primitives(name, value, config)})
 
     def resolve_defaults(self) -> None:
         if self.backend is not None and self.backend in LEGACY_BACKENDS:
@@ -210,5 +220,48 @@ class DARTSConfig(LoopConfig):
         return LEGACY_BACKENDS[self.backend][1] if self.backend in LEGACY_BACKENDS else None
 
 
-__all__ = ["COMPILE_MODES", "DARTSConfig", "LEGACY_BACKENDS", "NB201_SEARCH", "PRECISIONS",
-           "CELL_SPACES"]
+def check_primitives(name: str, value: Any, config: Any = None) -> None:
+    """``value`` is None (``PRIMITIVES``) or a list of distinct op names of ``OPS`` (built in
+    or registered with ``fastnas.ops.register``; ``none`` allowed), at most ``MAX_OPTIONS``,
+    one of them other than ``none``. A tuple is stored on ``config`` as a list (what JSON and
+    the checkpoint keep)."""
+    if value is None:
+        return
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list of op names, got {type(value).__name__} "
+                        f"{value!r}")
+    for op in value:
+        if not isinstance(op, str):
+            raise TypeError(f"{name}: op names are strings, got {op!r}")
+        if op not in OPS:
+            raise ValueError(f"{name}: unknown operation {op!r}; known: "
+                             f"{', '.join(sorted(OPS))}; {UNKNOWN_OP_HINT}")
+    repeated = sorted({op for op in value if list(value).count(op) > 1})
+    if repeated:
+        raise ValueError(f"{name}: {', '.join(repeated)} given more than once")
+    if not [op for op in value if op != "none"]:
+        raise ValueError(f"{name} needs at least one op other than none, got {list(value)}")
+    if len(value) > MAX_OPTIONS:
+        raise ValueError(f"{name}: {len(value)} ops; at most {MAX_OPTIONS}")
+    if config is not None and isinstance(value, tuple):
+        setattr(config, name, list(value))
+
+
+def primitives_of(config: DARTSConfig) -> tuple:
+    """The op names of ``config``'s cell: its ``primitives``, or ``PRIMITIVES``."""
+    return tuple(PRIMITIVES if config.primitives is None else config.primitives)
+
+
+def space_with_primitives(config: DARTSConfig, space: Optional[CellSpace]
+                          ) -> Optional[CellSpace]:
+    """The space the search runs: ``space`` (None: the DARTS space of ``num_nodes``) with the
+    config's ``primitives`` as its ops when they are set, else ``space`` unchanged."""
+    if config.primitives is None:
+        return space
+    if space is None:
+        return darts_space(config.num_nodes, ops=config.primitives)
+    return dataclasses.replace(space, ops=tuple(config.primitives))
+
+
+__all__ = ["CELL_SPACES", "COMPILE_MODES", "DARTSConfig", "LEGACY_BACKENDS", "NB201_SEARCH",
+           "PRECISIONS", "check_primitives", "primitives_of", "space_with_primitives"]

@@ -42,7 +42,7 @@ from ..supernet import build_supernet, check_kernels
 from ..supernet.compiled import compile_supernet, differentiating
 from . import methods
 from .architect import Architect, cross_entropy
-from .config import DARTSConfig
+from .config import DARTSConfig, space_with_primitives
 from .model_search import ModelSearch, search_model
 from .precision import Precision
 
@@ -98,6 +98,7 @@ class DARTSOptimizer(Resumable):
         seed = methods.method_seed(cfg) if needs_seed else 0
         if relaxation is None:
             relaxation = methods.build_relaxation(cfg, seed)
+        space = space_with_primitives(cfg, space)  # the ``primitives`` key (issue 20)
         self.user_model = model   # model=: search its Choices (fastnas.darts.model_search)
         build = build_supernet if model is None else search_model(model)
         self.model = build(

@@ -1,8 +1,9 @@
 """Candidate operations of the DARTS cell search space, and the building blocks around them.
 
 Every op maps ``[N, C, H, W] -> [N, C, H / stride, W / stride]``. ``OPS`` is the registry from a
-primitive's name to its constructor ``(C, stride, affine) -> nn.Module``; ``PRIMITIVES`` lists the
-eight searched by DARTS in the paper's order (the alpha columns follow this order).
+primitive's name to its constructor ``(C, stride, affine) -> nn.Module`` (ops of your own join it
+through ``fastnas.ops.register``, ``registry.py``); ``PRIMITIVES`` lists the eight searched by
+DARTS in the paper's order (the alpha columns follow this order).
 """
 from __future__ import annotations
 
@@ -195,12 +196,18 @@ OPS: Dict[str, Callable[[int, int, bool], nn.Module]] = {
 }
 
 
+# What an unknown op name's error adds: where ops of one's own come from (``registry``).
+UNKNOWN_OP_HINT = ("an op of your own must be registered first (--plugins MODULE, "
+                   "fastnas.ops.register)")
+
+
 def make_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:
     """Build the op ``name``; unknown names raise a ValueError listing the known ones."""
     try:
         factory = OPS[name]
     except KeyError:
-        raise ValueError(f"unknown operation {name!r}; known: {', '.join(sorted(OPS))}") from None
+        raise ValueError(f"unknown operation {name!r}; known: {', '.join(sorted(OPS))}; "
+                         f"{UNKNOWN_OP_HINT}") from None
     return factory(C, stride, affine)
 
 

@@ -40,6 +40,7 @@ from ..enas.macro import MACRO_OPS
 from ..enas.micro import MICRO_OPS
 from ..limits import MAX_LAYERS, MAX_NODES, MAX_OPTIONS, MAX_PANELS, check_at_most
 from ..nb201 import nb201_space
+from ..ops import PRIMITIVES
 from ..runfiles import read_alphas
 from ..space import CellSpace, darts_space
 
@@ -91,7 +92,9 @@ class AlphaHistory:
             if space is None and config.get("space") == "nb201":  # issue 19
                 space = nb201_space()
             if space is None:
-                space = darts_space(int(config.get("num_nodes", 4)))
+                ops = config.get("primitives")  # None: the paper's eight (issue 20)
+                space = darts_space(int(config.get("num_nodes", 4)),
+                                    ops=PRIMITIVES if ops is None else ops)
             panels = (choice_panels(space) if isinstance(space, ChoiceSpace)
                       else space_panels(space))
             keys = tuple(f"alphas_{t}" for t in space.cell_types)

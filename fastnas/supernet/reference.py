@@ -26,6 +26,7 @@ from ..ops import (
     PoolBN,
     ReLUConvBN,
     cell_plan,
+    is_registered,
     make_op,
 )
 from ..space import (
@@ -46,8 +47,8 @@ def num_edges(num_nodes: int) -> int:
 
 
 class MixedOp(nn.Module):
-    """``sum_k w_k * op_k(x)`` over ``primitives`` (default ``PRIMITIVES``); pools are followed
-    by BN(affine=False) (``PoolBN``).
+    """``sum_k w_k * op_k(x)`` over ``primitives`` (default ``PRIMITIVES``); the built-in pools
+    are followed by BN(affine=False) (``PoolBN``), a registered op runs as built.
 
     The methods' variants of an edge (each off by default):
 
@@ -74,7 +75,7 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleList()
         for name in primitives:
             op = make_op(name, C_op, stride, affine=False)
-            if "pool" in name:
+            if "pool" in name and not is_registered(name):
                 op = PoolBN(op, C_op)
             self.ops.append(op)
         if aux_skip:
