@@ -180,7 +180,7 @@ def test_the_tree_shows_the_layers():
                                                "grad_edges", "list_op", "node_sum", "pointwise"}),
                            ("supernet", {"reference", "fast", "recompute", "stages",
                                          "compiled", "launches"}),
-                           ("darts", {"architect", "config", "optimizer", "precision"}),
+                           ("darts", {"architect", "config", "optimizer", "precision", "rsps"}),
                            ("reports", {"alphas", "cells", "extras", "figures", "plots",
                                         "tensorboard"}),
                            ("tune", {"config", "objective", "space", "stage", "storage", "study",

@@ -4,6 +4,8 @@
   derivation): the one edge walk of the code base, and derivation from strengths;
 - ``relaxation``: how alphas become mixing weights (per phase), the strengths every consumer
   reads, and an optional penalty on the validation loss (``Softmax``: DARTS);
+- ``uniform``: discrete relaxations, one op per edge as exact one-hot weights (``Uniform``:
+  RSPS' uniform cells; ``Fixed``: the cell the alphas hold, ENAS over a cell space);
 - ``parameters``: ``ArchitectureParameters``, the alphas of every cell type as one module.
 """
 from .cell import CellSpace, Edge, darts_space
@@ -17,7 +19,9 @@ from .relaxation import (
     Softmax,
     check_phase,
 )
+from .uniform import Fixed, Uniform, held_cell, hold_cell
 
 __all__ = ["ARCHITECTURE", "ArchitectureParameters", "CellSpace", "EVALUATION", "Edge", "PHASES",
            "Relaxation", "Softmax", "WEIGHTS", "attach_state_dict_names", "check_phase",
            "darts_space"]
+__all__ += ["Fixed", "Uniform", "held_cell", "hold_cell"]
