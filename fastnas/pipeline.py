@@ -37,7 +37,9 @@ from .checkpoint import check_kind, load_latest, previous_path, save_checkpoint,
 from .config import RUNTIME_KEYS
 from .console import Progress, duration, epochs, log, print_block
 from .darts import DARTSOptimizer
+from .darts.rsps import RSPSOptimizer
 from .enas import ENASOptimizer
+from .enas.cells import CellENASOptimizer
 from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
@@ -176,7 +178,31 @@ SEARCH_METHODS: Dict[str, SearchMethod] = {
                          scored="derived child with the shared weights, BatchNorm on batch "
                                 "statistics"),
 }
+# Issue 19: random search with weight sharing, and ENAS over a cell space (one decision per edge).
+SEARCH_METHODS.update({
+    "rsps": SearchMethod("rsps", RSPSOptimizer,
+                         {**_COMMON_KEYS, "layers": "layers", "compile": "compile",
+                          "learning_rate": "learning_rate_w"},
+                         scored="the selected cell with the shared weights, eval mode: "
+                                "BatchNorm running statistics"),
+    "enas-cells": SearchMethod("enas-cells", CellENASOptimizer,
+                               {**_COMMON_KEYS, "layers": "layers", "space": "space",
+                                "learning_rate": "shared_lr",
+                                "arch_learning_rate": "controller_lr"},
+                               scored="derived cell with the shared weights, eval mode: "
+                                      "BatchNorm running statistics"),
+})
+# ``--method enas`` over a cell space (``--space`` other than darts) runs ENAS over that space.
+CELL_VARIANTS = {"enas": "enas-cells"}
 DEFAULT_METHOD = "darts"
+
+
+def method_for_space(method: str, space: Optional[str]) -> str:
+    """The search method that runs ``method`` over the cell space ``space`` (None: the
+    method's own space): ``enas`` over ``nb201`` is ``enas-cells``."""
+    if space not in (None, "darts") and method in CELL_VARIANTS:
+        return CELL_VARIANTS[method]
+    return method
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
@@ -455,6 +481,8 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     ``alphas.json`` (``fastnas.reports.alphas``), ``config.json`` and ``checkpoint.pt`` in
     ``output``. Returns ``(architecture, metrics)``."""
     method = method or options.config.get("search", {}).get("method") or DEFAULT_METHOD
+    method = method_for_space(method, given.get("space",
+                                                options.config.get("search", {}).get("space")))
     if method not in SEARCH_METHODS:
         raise UserError(f"unknown search method {method!r}; use --method "
                         f"{' or '.join(SEARCH_METHODS)}")

@@ -109,6 +109,8 @@ class RSPSOptimizer(DARTSOptimizer):
     def _search(self, train_loader: Iterable, val_loader: Iterable, callback, on_step):
         """Train the weights on uniform cells for the remaining epochs, then ``rank``."""
         space = self.space
+        if self.epoch < self.total_epochs:
+            self.ranking = []  # more training: the earlier ranking no longer holds
         uniform = [[1.0 / len(space.ops)] * len(space.ops)] * space.num_edges
 
         def run_epoch(epoch: int) -> Dict[str, Any]:

@@ -428,6 +428,8 @@ class CellENASOptimizer(Resumable):
         self.val_stream = val_batches = BatchStream(val_loader, "val_loader")
         val_batches.restore(self._val_position)
         space = self.space
+        if self.epoch < self.total_epochs:
+            self.derived = None  # more training: the earlier answer no longer holds
 
         def run_epoch(epoch: int) -> Dict[str, Any]:
             self._set_lr(self.lr_at(epoch))

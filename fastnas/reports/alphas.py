@@ -82,7 +82,7 @@ class AlphaHistory:
         written before the weights were recorded (none of their keys) are left out."""
         for key, limit in (("num_nodes", MAX_NODES), ("num_layers", MAX_LAYERS)):
             check_at_most(f"config {key}", config.get(key), limit)
-        if method == "darts":
+        if method in ("darts", "rsps", "enas-cells"):  # alphas_<cell type> per edge
             if space is None:
                 space = darts_space(int(config.get("num_nodes", 4)))
             panels = space_panels(space)
