@@ -7,8 +7,9 @@ training batch through that cell alone (exact one-hot mixing weights, Nesterov m
 default, the weight gradient norm clipped, the learning rate cosine per epoch as DARTS'). There
 is no architecture step: the alphas are never trained (they only hold a cell, see below).
 
-Selection, after the last epoch: ``select_num`` cells drawn uniformly (from a second generator,
-so the number of training steps does not change them) are each scored by their accuracy on the
+Selection, after the last epoch: ``select_num`` cells drawn uniformly (from a generator of their
+own, seeded afresh by ``seed + 1`` at every selection, so they are the same cells whenever the
+selection runs, whatever the training drew) are each scored by their accuracy on the
 validation data with the shared weights, in eval mode (BatchNorm running statistics), each cell
 fixed over all of its batches (the first ``select_batches`` batches of the validation loader,
 or all of them); the answer is the best one (ties: the first drawn). xautodl's ``valid_func``
@@ -69,9 +70,7 @@ class RSPSOptimizer(DARTSOptimizer):
         self.weight_optimizer = torch.optim.SGD(
             self.model.weights(), lr=self.lr, momentum=cfg.momentum,
             nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay)
-        # the selection's cells: a generator of their own (seed + 1), untouched by training
-        self.select_generator = torch.Generator()
-        self.select_generator.manual_seed(seed + 1)
+        self.select_seed = seed + 1  # the selection's cells (module docstring)
         self.ranking: List[Dict[str, Any]] = []
 
     @property
@@ -142,10 +141,13 @@ class RSPSOptimizer(DARTSOptimizer):
         return self.genotype()
 
     def draw_cells(self, n: int) -> List[Dict[str, List[int]]]:
-        """``n`` uniform cells ``{cell type: op indices}`` from the selection's generator."""
+        """The selection's ``n`` uniform cells ``{cell type: op indices}`` (the first ``n`` of
+        one sequence: ``draw_cells(m)[:n] == draw_cells(n)``)."""
         space = self.space
+        generator = torch.Generator()
+        generator.manual_seed(self.select_seed)
         return [{t: torch.randint(len(space.ops), (space.num_edges,),
-                                  generator=self.select_generator).tolist()
+                                  generator=generator).tolist()
                  for t in space.cell_types} for _ in range(n)]
 
     def score(self, cells: Mapping[str, Any], loader: Iterable) -> float:
@@ -181,16 +183,16 @@ class RSPSOptimizer(DARTSOptimizer):
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
         state.update(describe("search", "rsps"))
-        state["select_generator"] = self.select_generator.get_state()
+        state["select_seed"] = self.select_seed
         state["ranking"] = self.ranking
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         check_kind(state, "search", "rsps")
-        if "select_generator" not in state:
-            raise ValueError("not an RSPSOptimizer state: missing ['select_generator']")
+        if "select_seed" not in state:
+            raise ValueError("not an RSPSOptimizer state: missing ['select_seed']")
         super().load_state_dict({**state, **describe("search", "darts")})
-        self.select_generator.set_state(state["select_generator"])
+        self.select_seed = int(state["select_seed"])
         self.ranking = list(state.get("ranking", []))
 
 
