@@ -183,14 +183,12 @@ SEARCH_METHODS.update({
     "rsps": SearchMethod("rsps", RSPSOptimizer,
                          {**_COMMON_KEYS, "layers": "layers", "compile": "compile",
                           "learning_rate": "learning_rate_w"},
-                         scored="the selected cell with the shared weights, eval mode: "
-                                "BatchNorm running statistics"),
+                         scored="the selected cell with the shared weights, eval mode"),
     "enas-cells": SearchMethod("enas-cells", CellENASOptimizer,
                                {**_COMMON_KEYS, "layers": "layers", "space": "space",
                                 "learning_rate": "shared_lr",
                                 "arch_learning_rate": "controller_lr"},
-                               scored="derived cell with the shared weights, eval mode: "
-                                      "BatchNorm running statistics"),
+                               scored="derived cell with the shared weights, eval mode"),
 })
 # ``--method enas`` over a cell space (``--space`` other than darts) runs ENAS over that space.
 CELL_VARIANTS = {"enas": "enas-cells"}

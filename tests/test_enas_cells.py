@@ -233,9 +233,13 @@ def test_cells_that_do_not_fit_are_refused(cells, match):
 
 def test_bad_config_values_name_the_key():
     for key, value in (("controller_aggregate", 0), ("entropy_weight", -1.0),
-                       ("baseline_decay", 1.0), ("space", "nb101"), ("lr_period", 0)):
+                       ("baseline_decay", 1.0), ("space", "nb101"), ("lr_period", 0),
+                       ("layers", 2)):
         with pytest.raises(ValueError, match=key):
             tiny(**{key: value})
+    with pytest.raises(ValueError, match="nesterov"):
+        tiny(momentum=0.0)
+    assert CellENASConfig().layers == 8 and CellENASConfig(space="nb201").layers == 5
 
 
 def test_nb201_space_is_the_one_cell_space_when_fastnas_has_it():

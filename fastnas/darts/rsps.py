@@ -10,7 +10,8 @@ is no architecture step: the alphas are never trained (they only hold a cell, se
 Selection, after the last epoch: ``select_num`` cells drawn uniformly (from a generator of their
 own, seeded afresh by ``seed + 1`` at every selection, so they are the same cells whenever the
 selection runs, whatever the training drew) are each scored by their accuracy on the
-validation data with the shared weights, in eval mode (BatchNorm running statistics), each cell
+validation data with the shared weights, in eval mode (BatchNorm running statistics where the
+supernet tracks them, the batch's where it does not, as NB201's search supernet), each cell
 fixed over all of its batches (the first ``select_batches`` batches of the validation loader,
 or all of them); the answer is the best one (ties: the first drawn). xautodl's ``valid_func``
 re-draws a random cell on every batch, so its "accuracy of arch k" is that of a mixture of

@@ -23,18 +23,23 @@ uniform in [-0.1, 0.1], the rest at PyTorch's defaults, as there.
 Each epoch: one pass over the training data, each step an SGD step (Nesterov, weight gradient
 norm clipped) of the shared weights on a cell the controller samples, in train mode; then
 ``controller_steps`` controller updates, each from ``controller_aggregate`` sampled cells, each
-scored on the next validation batch with the shared weights in eval mode (BatchNorm running
-statistics; xautodl: ``shared_cnn.eval()``). REINFORCE with reward ``R`` (the accuracy, a
-fraction) and the sampled cell's summed decision entropy ``H`` (detached):
+scored on the next validation batch with the shared weights in eval mode (xautodl:
+``shared_cnn.eval()``; BatchNorm then uses running statistics where the supernet tracks them, as
+the DARTS supernet does, and the batch's where it does not, as NB201's search supernet).
+REINFORCE with reward ``R`` (the accuracy, a fraction) and the sampled cell's summed decision
+entropy ``H`` (detached):
 
     R' = R + entropy_weight * H
     b  <- b - (1 - baseline_decay) * (b - R')     per sample, before use; b starts at the first R'
     loss = (1 / aggregate) * sum_i -(R'_i - b_i) * sum_t log p(a_t)
 
 then the controller gradient norm clipped at ``controller_grad_clip`` and one Adam step (lr
-``controller_lr``, betas (0, 0.999), eps 1e-3). xautodl differs in two places, both noted: its
-entropy term keeps its gradient (the loss then also moves the entropy, scaled by ``-log p``), and
-its baseline starts at the first accuracy without the entropy bonus.
+``controller_lr``, betas (0, 0.999), eps 1e-3). This is the ENAS paper's moving average, as
+``fastnas.enas.ENASOptimizer``. xautodl's ``ENAS.py`` differs: (1) its baseline moves once per
+epoch: every sample ``i`` of an epoch uses ``b_i = b_e - (1 - d) (b_e - R'_i)`` from the last
+value ``b_e`` of the previous epoch, so its advantage is ``d (R'_i - b_e)``, and in the first
+epoch ``b_i = R_i``, which leaves only the entropy bonus as the advantage; (2) its entropy term
+keeps its gradient (through ``R'`` and ``b``).
 
 The shared learning rate per epoch ``e``: ``lr_min + (shared_lr - lr_min) * (1 + cos(pi * e /
 T)) / 2`` with ``T = lr_period`` (xautodl's ``T_max=10``: the cosine runs on past ``T``, a
@@ -56,7 +61,7 @@ import torch.nn.functional as F
 
 from .. import distributed
 from ..checkpoint import Resumable, check_kind, check_tensors_fit, describe
-from ..config import LoopConfig, choice, device, integer, number
+from ..config import LoopConfig, choice, device, flag, integer, number
 from ..engine import (
     Batch,
     BatchStream,
@@ -89,13 +94,15 @@ class CellENASConfig(LoopConfig):
     baseline decay 0.99, 50 updates of 20 samples per epoch, 100 final samples).
 
     ``space``: ``darts`` (the DARTS cell space of ``num_nodes``) or ``nb201`` (needs
-    ``fastnas.nb201.nb201_space``); ``supernet``, ``channels``, ``layers``: the supernet.
+    ``fastnas.nb201.nb201_space``); ``supernet``, ``channels``, ``layers``: the supernet
+    (``layers``: the DARTS supernet's cells, default 8; NB201: ``N``, the search cells per
+    stage, default 5). ``nesterov``: Nesterov momentum for the shared weights.
     """
 
     space: str = choice("darts", CELL_SPACES)
     supernet: str = choice("fast", SUPERNETS)
     channels: int = integer(16, low=1)
-    layers: int = integer(8, low=3)
+    layers: Optional[int] = integer(None, low=1)
     num_nodes: int = integer(4, low=1, high=16)
     num_classes: int = integer(10, low=2)
     in_channels: int = integer(3, low=1)
@@ -119,16 +126,30 @@ class CellENASConfig(LoopConfig):
     lr_min: float = number(0.0005, low=0, high="shared_lr")
     lr_period: Optional[int] = integer(10, low=1, optional=True)
     momentum: float = number(0.9, low=0, high=1, high_open=True)
+    nesterov: bool = flag(True)
     weight_decay: float = number(2.5e-4, low=0)
     grad_clip: Optional[float] = number(5.0, low=0, low_open=True, optional=True)
     derive_samples: int = integer(100, low=1)
     derive_batches: int = integer(1, low=1)
 
+    def resolve_defaults(self) -> None:
+        if self.layers is None:
+            self.layers = 5 if self.space == "nb201" else 8
+
     def validate(self) -> None:
-        if self.space == "darts":
+        if self.space == "nb201":  # 3 x N cells of 3 nodes, 6 edges of 10 C^2 weights each
+            check_network(self.channels, 3 * self.layers, 3, 6, 10, "the NB201 supernet",
+                          self.num_classes, self.in_channels,
+                          layers_name="3 x layers (the NB201 search cells)")
+        else:
+            if self.layers < 3:
+                raise ValueError(f"layers must be >= 3, got {self.layers} (the DARTS "
+                                 "supernet's two reduction cells and a normal cell)")
             check_network(self.channels, self.layers, self.num_nodes,
                           supernet_edges(self.num_nodes), SUPERNET_EDGE_WEIGHTS,
                           "the DARTS supernet", self.num_classes, self.in_channels)
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs a momentum > 0")
 
 
 def cell_space(config: CellENASConfig) -> CellSpace:
@@ -217,7 +238,7 @@ class CellENASOptimizer(Resumable):
                                          cfg.temperature)
         self.shared_optimizer = torch.optim.SGD(self.model.weights(), lr=cfg.shared_lr,
                                                 momentum=cfg.momentum,
-                                                nesterov=cfg.momentum > 0,
+                                                nesterov=cfg.nesterov,
                                                 weight_decay=cfg.weight_decay)
         self.controller_optimizer = torch.optim.Adam(self.controller.parameters(),
                                                      lr=cfg.controller_lr, betas=(0.0, 0.999),
