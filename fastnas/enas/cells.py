@@ -82,7 +82,7 @@ from ..space import WEIGHTS, CellSpace, Fixed, darts_space, held_cell, hold_cell
 from ..supernet import SUPERNETS, build_supernet, check_kernels
 from .controller import ControllerPass, Decisions
 
-CELL_SPACES = ("darts", "nb201")
+CELL_ENAS_SPACES = ("darts", "nb201")
 Cells = Dict[str, List[int]]
 
 
@@ -99,7 +99,7 @@ class CellENASConfig(LoopConfig):
     stage, default 5). ``nesterov``: Nesterov momentum for the shared weights.
     """
 
-    space: str = choice("darts", CELL_SPACES)
+    space: str = choice("darts", CELL_ENAS_SPACES)
     supernet: str = choice("fast", SUPERNETS)
     channels: int = integer(16, low=1)
     layers: Optional[int] = integer(None, low=1)
@@ -598,5 +598,5 @@ class CellENASOptimizer(Resumable):
         self.guard.load_state_dict(state.get("nonfinite", {}))
 
 
-__all__ = ["CELL_SPACES", "CellController", "CellENASConfig", "CellENASOptimizer", "cell_space",
-           "cell_supernet"]
+__all__ = ["CELL_ENAS_SPACES", "CellController", "CellENASConfig", "CellENASOptimizer",
+           "cell_space", "cell_supernet"]
