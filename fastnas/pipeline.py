@@ -182,7 +182,7 @@ SEARCH_METHODS: Dict[str, SearchMethod] = {
 SEARCH_METHODS.update({
     "rsps": SearchMethod("rsps", RSPSOptimizer,
                          {**_COMMON_KEYS, "layers": "layers", "compile": "compile",
-                          "learning_rate": "learning_rate_w"},
+                          "space": "space", "learning_rate": "learning_rate_w"},
                          scored="the selected cell with the shared weights, eval mode"),
     "enas-cells": SearchMethod("enas-cells", CellENASOptimizer,
                                {**_COMMON_KEYS, "layers": "layers", "space": "space",
