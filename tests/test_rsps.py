@@ -109,7 +109,10 @@ def test_uniform_seed_is_checked():
 # -- the search -----------------------------------------------------------------------------------
 def test_config_defaults_and_bad_values():
     c = RSPSConfig()
-    assert (c.select_num, c.select_batches, c.nesterov) == (100, None, True)
+    assert (c.select_num, c.select_batches, c.nesterov, c.method) == (100, None, True, "rsps")
+    assert RSPSConfig.from_dict(c.to_dict()) == c   # config.json reads back
+    with pytest.raises(ValueError, match="method"):
+        RSPSConfig.from_dict({"method": "darts"})
     with pytest.raises(ValueError, match="select_num"):
         RSPSOptimizer({**TINY, "select_num": 0})
     with pytest.raises(ValueError, match="select_batches"):

@@ -48,7 +48,8 @@ def test_rsps_search_resumed_with_more_epochs_equals_a_straight_search(tmp_path)
         alphas = json.load(f)
     assert alphas["method"] == "rsps" and alphas["weights"][0][0] == [0.125] * 8
     with open(straight / "config.json") as f:
-        assert json.load(f)["search"]["select_num"] == 3
+        saved = json.load(f)["search"]
+    assert (saved["method"], saved["select_num"]) == ("rsps", 3)
 
 
 def test_enas_cells_search_writes_its_files(tmp_path):

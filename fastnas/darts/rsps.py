@@ -32,7 +32,7 @@ import torch
 
 from .. import distributed
 from ..checkpoint import check_kind, describe
-from ..config import flag, integer
+from ..config import choice, flag, integer
 from ..engine import RunningMean, accuracy, cosine_lr, run_epochs
 from ..space import WEIGHTS, CellSpace, Uniform, held_cell, hold_cell
 from .config import DARTSConfig
@@ -50,6 +50,19 @@ class RSPSConfig(DARTSConfig):
     select_num: int = integer(100, low=1)
     select_batches: Optional[int] = integer(None, low=1, optional=True)
     nesterov: bool = flag(True)
+    # The method this config is for, as ``config.json`` records it (the DARTS config's own
+    # ``method`` key names the DARTS presets of issue 18; none of them applies here).
+    method: str = choice("rsps", ("rsps",))
+
+    @classmethod
+    def from_dict(cls, values):
+        """As ``DARTSConfig.from_dict``; ``method`` may be given, as ``rsps`` only."""
+        if isinstance(values, Mapping) and "method" in values:
+            if values["method"] != "rsps":
+                raise ValueError(f"method must be 'rsps' in an RSPS config, got "
+                                 f"{values['method']!r}")
+            values = {k: v for k, v in values.items() if k != "method"}
+        return super().from_dict(values)
 
 
 class RSPSOptimizer(DARTSOptimizer):
