@@ -41,7 +41,9 @@ from .console import Progress, duration, epochs, log, print_block
 from .darts import DARTSOptimizer
 from .darts.config import NB201_SEARCH
 from .darts.methods import METHODS, PRESETS
+from .darts.rsps import RSPSOptimizer
 from .enas import ENASOptimizer
+from .enas.cells import CellENASOptimizer
 from .errors import NonFiniteError, UserError
 from .genotypes import PUBLISHED, Genotype
 from .interrupts import Terminated, deferred
@@ -209,6 +211,20 @@ SEARCH_METHODS: Dict[str, SearchMethod] = {
                          scored="derived child with the shared weights, BatchNorm on batch "
                                 "statistics"),
 }
+# Issue 19: random search with weight sharing, and ENAS over a cell space (one decision per edge).
+SEARCH_METHODS.update({
+    "rsps": SearchMethod("rsps", RSPSOptimizer,
+                         {**_COMMON_KEYS, "layers": "layers", "compile": "compile",
+                          "space": "space", "learning_rate": "learning_rate_w"},
+                         scored="the selected cell with the shared weights, eval mode"),
+    "enas-cells": SearchMethod("enas-cells", CellENASOptimizer,
+                               {**_COMMON_KEYS, "layers": "layers", "space": "space",
+                                "learning_rate": "shared_lr",
+                                "arch_learning_rate": "controller_lr"},
+                               scored="derived cell with the shared weights, eval mode"),
+})
+# ``--method enas`` over a cell space (``--space`` other than darts) runs ENAS over that space.
+CELL_VARIANTS = {"enas": "enas-cells"}
 DEFAULT_METHOD = "darts"
 # Every name ``--method`` takes: the strategies, and the DARTS methods (``fastnas.darts.methods``),
 # which search with the ``darts`` strategy and their preset.
@@ -224,6 +240,14 @@ def resolve_method(name: str) -> Tuple[SearchMethod, Optional[str]]:
         return SEARCH_METHODS[name], None
     raise UserError(f"unknown search method {name!r}; use --method one of "
                     f"{', '.join(METHOD_NAMES)}")
+
+
+def method_for_space(method: str, space: Optional[str]) -> str:
+    """The search method that runs ``method`` over the cell space ``space`` (None: the
+    method's own space): ``enas`` over ``nb201`` is ``enas-cells``."""
+    if space not in (None, "darts") and method in CELL_VARIANTS:
+        return CELL_VARIANTS[method]
+    return method
 
 
 # -- shared plumbing ------------------------------------------------------------------------------
@@ -526,6 +550,8 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     ``alphas.json`` (``fastnas.reports.alphas``), ``config.json`` and ``checkpoint.pt`` in
     ``output``. Returns ``(architecture, metrics)``."""
     method = method or options.config.get("search", {}).get("method") or DEFAULT_METHOD
+    method = method_for_space(method, given.get("space",
+                                                 options.config.get("search", {}).get("space")))
     method, preset = resolve_method(method)
     title = preset or method.name   # what the log lines call it: the DARTS method's name
     if preset is not None:

@@ -1,9 +1,11 @@
 """ENAS (Pham et al., ICML 2018): an LSTM controller trained by REINFORCE samples children of a
 weight-sharing supergraph, in the micro (cells, ``fastnas.Genotype``) or the macro (whole
-networks, ``MacroArch``) search space.
+networks, ``MacroArch``) search space; ``cells``: ENAS over a cell space (``CellSpace``: one
+decision per edge, its op; NAS-Bench-201's ENAS baseline) on the DARTS-style supernets.
 """
 
 from ..genotypes import Genotype, parse_json, read_architecture_file
+from .cells import CellController, CellENASConfig, CellENASOptimizer
 from .config import SEARCH_SPACES, ENASConfig
 from .controller import MacroController, MicroController
 from .macro import MACRO_OPS, MacroArch, MacroNetwork, MacroSupernet
@@ -29,3 +31,4 @@ def load_architecture(path: str):
 __all__ = ["ENASConfig", "ENASOptimizer", "MACRO_OPS", "MICRO_OPS", "MacroArch",
            "MacroController", "MacroNetwork", "MacroSupernet", "MicroController",
            "MicroSupernet", "SEARCH_SPACES", "load_architecture"]
+__all__ += ["CellController", "CellENASConfig", "CellENASOptimizer"]

@@ -84,6 +84,10 @@ class _Decisions:
                               self.probabilities)
 
 
+# The public name, for controllers in other modules (``fastnas.enas.cells``).
+Decisions = _Decisions
+
+
 class _LSTMController(nn.Module):
     """LSTM, start embedding and the attention used to point at earlier steps (anchors)."""
 
@@ -261,4 +265,4 @@ def bernoulli_kl(p: torch.Tensor, rho: float) -> torch.Tensor:
             + torch.xlogy(1 - p, 1 - p) - (1 - p) * torch.log(torch.tensor(1 - rho, dtype=p.dtype)))
 
 
-__all__ = ["ControllerPass", "MicroController", "MacroController", "bernoulli_kl"]
+__all__ = ["ControllerPass", "Decisions", "MicroController", "MacroController", "bernoulli_kl"]

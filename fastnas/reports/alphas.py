@@ -88,7 +88,7 @@ class AlphaHistory:
         written before the weights were recorded (none of their keys) are left out."""
         for key, limit in (("num_nodes", MAX_NODES), ("num_layers", MAX_LAYERS)):
             check_at_most(f"config {key}", config.get(key), limit)
-        if method == "darts":
+        if method in ("darts", "rsps", "enas-cells"):  # alphas_<cell type> per edge
             if space is None and config.get("space") == "nb201":  # issue 19
                 space = nb201_space()
             if space is None:

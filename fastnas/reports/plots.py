@@ -147,10 +147,11 @@ def plot_stage(folder: str, figures: bool = True) -> List[str]:
                 f"{MAX_FIGURE_PANELS}")
         elif alphas.epochs:  # a run from before the weights were recorded has none
             _save(lambda: alphas_figure(alphas), alphas_source, out, "alphas", written)
-        val = "val (controller reward)" if method == "enas" else "val"
+        controlled = method in ("enas", "enas-cells")  # a controller, rewarded on val
+        val = "val (controller reward)" if controlled else "val"
         _save(lambda: curves_figure(history, f"{method} search on {metrics.get('dataset')}",
                                     val), metrics_path, out, "curves", written)
-        if method == "enas":
+        if controlled:
             _save(lambda: controller_figure(history), metrics_path, out, "controller", written)
     else:
         _save(lambda: curves_figure(history, f"training on {metrics.get('dataset')}"),

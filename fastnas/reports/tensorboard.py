@@ -74,7 +74,7 @@ class TensorBoardObserver:
                 self.writer.add_scalar(TAGS.get(key, f"other/{key}"), value, step)
         if run.kind == "search" and run.method:
             history = AlphaHistory.from_search(run.method, _config(run), [record])
-            prefix = "alphas" if run.method == "darts" else "decisions"
+            prefix = "decisions" if run.method == "enas" else "alphas"
             for panel, weights in zip(history.panels, history.weights[0]):
                 for option, w in zip(panel.options, weights):
                     self.writer.add_scalar(f"{prefix}/{panel.group}/{panel.key}/{option}", w,
