@@ -19,10 +19,7 @@ from fastnas.space.relaxation import Dirichlet, Sigmoid
 
 TINY = dict(channels=4, layers=3, num_nodes=2, in_channels=1, num_classes=4, num_steps=2,
             seed=0, device="cpu", batch_size=8)
-# methods whose supernet axes (gumbel sampling, partial channels, aux skip) live in the supernet
-# branch of issue 18: folded into METHODS_HERE once merged
-NEEDS_SUPERNET_AXES = ("gdas", "pc-darts", "darts-minus")
-METHODS_HERE = tuple(m for m in METHODS if m not in NEEDS_SUPERNET_AXES)
+METHODS_HERE = METHODS   # every preset (the supernet axes of issue 18 merged)
 
 
 def synthetic(n=32, seed=0):

@@ -15,10 +15,7 @@ from fastnas.darts.methods import METHODS, PRESETS
 # a supernet small enough for a step in a few milliseconds (as tests/test_cli.py)
 SMALL = ["--limit", "96", "--layers", "3", "--channels", "4", "--batch-size", "16", "--quiet",
          "--no-plots"]
-# methods whose supernet axes (gumbel sampling, partial channels, aux skip) live in the supernet
-# branch of issue 18: folded into the parametrization once merged
-NEEDS_SUPERNET_AXES = ("gdas", "pc-darts", "darts-minus")
-METHODS_HERE = tuple(m for m in METHODS if m not in NEEDS_SUPERNET_AXES)
+METHODS_HERE = METHODS   # every preset (the supernet axes of issue 18 merged)
 WHAT = {"softmax": "softmax of the alphas per edge", "sigmoid": "sigmoid of the alphas per op"}
 
 

@@ -92,3 +92,17 @@ def test_the_nb201_cell_as_dot_text():
     assert '"0" -> "1" [label="avg_pool_3x3"];' in dot
     assert '"1" -> "2" [label="none", style=dashed, color=gray];' in dot
     assert dot.count("->") == 6
+
+
+@pytest.mark.parametrize("method", ["gdas", "drnas", "beta-darts", "rsps", "enas"])
+def test_each_method_searches_nb201_and_reports_the_table(method, tmp_path):
+    """Issue 19: GDAS, DrNAS, beta-DARTS, RSPS and ENAS search the NB201 space on digits and
+    write the found cell's table accuracies (DARTS orders 1 and 2: the tests above)."""
+    out = tmp_path / method
+    assert main(["search", "--space", "nb201", "--method", method, *QUICK, "--no-plots",
+                 "--warmup-epochs" if method == "drnas" else "--quiet",
+                 *(["0"] if method == "drnas" else []), "--output", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    cell = NB201Cell.load(str(out / "genotype.json"))
+    assert metrics["nb201_table"] == {**lookup(cell).as_dict(), "table": None}
+    assert metrics["config"]["space"] == "nb201"
