@@ -526,7 +526,9 @@ def _add_tune_command(sub) -> None:
                                    "genotype.json, trials.csv and metrics.json. Needs Optuna: "
                                    'pip install -e ".[tune]".')
     g = p.add_argument_group("the search that prunes the space")
-    g.add_argument("--from", dest="source_method", choices=METHOD_NAMES, default=None,
+    g.add_argument("--from", dest="source_method",
+                   choices=[m for m in METHOD_NAMES if m not in ("rsps", "enas-cells")],
+                   default=None,
                    help="search method: darts, enas or a method built on DARTS (default: "
                         "darts, or the one of --search)")
     g.add_argument("--search", metavar="DIR", default=None,

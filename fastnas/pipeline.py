@@ -549,12 +549,14 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
     over the config file's ``search`` table); writes ``genotype.json``, ``metrics.json``,
     ``alphas.json`` (``fastnas.reports.alphas``), ``config.json`` and ``checkpoint.pt`` in
     ``output``. Returns ``(architecture, metrics)``."""
-    method = method or options.config.get("search", {}).get("method") or DEFAULT_METHOD
+    method = method or options.config.get("search", {}).get("method")
+    explicit = method is not None   # else a resumed search keeps its checkpoint's method
+    method = method or DEFAULT_METHOD
     method = method_for_space(method, given.get("space",
                                                  options.config.get("search", {}).get("space")))
     method, preset = resolve_method(method)
     title = preset or method.name   # what the log lines call it: the DARTS method's name
-    if preset is not None:
+    if preset is not None and explicit:
         given = {**given, "method": preset}
     paths = {name: os.path.join(output, name)
              for name in ("genotype.json", "metrics.json", "alphas.json", "config.json",
@@ -583,6 +585,8 @@ def search_stage(options: StageOptions, method: Optional[str], given: Dict[str, 
         if preset is not None:   # a DARTS method: its preset over the dataset's defaults
             defaults.update(method.config_given(DARTS_SEARCH_DEFAULTS.get(dataset, {})))
             defaults = {k: v for k, v in defaults.items() if k not in PRESETS[preset]}
+            if given.get("space") == "nb201":   # xautodl's NB201 weight settings stay
+                defaults.update(NB201_SEARCH_CONFIG)
         settings = {**defaults, **given}
         total = settings.pop("epochs")
         config = dict(settings, in_channels=info.in_channels, num_classes=info.num_classes)

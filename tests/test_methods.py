@@ -392,3 +392,40 @@ def test_resume_equals_an_uninterrupted_search(method, tmp_path):
     for k, v in full.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert [h["train_loss"] for h in full.history] == [h["train_loss"] for h in resumed.history]
+
+
+# -- the methods across spaces and models: what does not apply is a one-line error ---------------
+@pytest.mark.parametrize("method,key", [("pc-darts", "partial_channels"),
+                                        ("darts-minus", "aux_skip")])
+def test_nb201_refuses_the_darts_cell_axes(method, key):
+    with pytest.raises(ValueError, match=f"{key}=.*does not apply to space='nb201'"):
+        DARTSConfig.from_dict(dict(TINY, method=method, space="nb201", layers=1))
+
+
+def test_compile_refuses_gumbel():
+    with pytest.raises(ValueError, match="compile=True with relaxation 'gumbel'"):
+        DARTSConfig.from_dict(dict(TINY, method="gdas", compile=True))
+
+
+@pytest.mark.parametrize("method", ["sdarts-rs", "fair-darts"])
+def test_a_user_model_refuses_what_reads_the_darts_cell(method):
+    from fastnas.errors import UserError
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4))
+    with pytest.raises(UserError, match="does not apply to a search inside your model"):
+        DARTSOptimizer(dict(TINY, method=method), model=net)
+
+
+def test_darts_plus_and_the_skip_cap_on_nb201():
+    """The DARTS+ stop counts the NB201 cell's skip_connects; P-DARTS' cap applies to it."""
+    from fastnas.nb201 import NB201Cell
+
+    opt = DARTSOptimizer(dict(TINY, space="nb201", layers=1, early_stop_skips=2, max_skips=2))
+    with torch.no_grad():
+        opt.model.arch.alphas_cell.zero_()
+        opt.model.arch.alphas_cell[:, 1] = 5.0       # every edge prefers skip_connect
+    cell = opt.genotype()
+    assert isinstance(cell, NB201Cell) and cell.ops.count("skip_connect") == 2   # capped
+    assert opt._early_stop(cell) is not None
+    assert opt._early_stop(NB201Cell.parse("|skip_connect~0|+|none~0|none~1|+"
+                                           "|none~0|none~1|none~2|")) is None

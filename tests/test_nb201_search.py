@@ -72,7 +72,8 @@ def test_run_nb201_searches_then_trains_the_cell(tmp_path):
 @pytest.mark.parametrize("argv,says", [
     (["search", "--table", "t.csv"], "--table is for --space nb201"),
     (["search", "--space", "nb201", "--table", "missing.csv"], "missing.csv does not exist"),
-    (["search", "--space", "nb201", "--method", "enas"], "--space does not apply"),
+    (["search", "--space", "nb201", "--method", "pc-darts"],
+     "partial_channels=4 does not apply to space='nb201'"),
     (["search", "--space", "nb101"], "invalid choice: 'nb101'"),
 ])
 def test_search_nb201_errors_are_one_line(tmp_path, capsys, argv, says):

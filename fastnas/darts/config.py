@@ -199,8 +199,19 @@ class DARTSConfig(LoopConfig):
                                 if self.relaxation == "gumbel" else
                                 "independent sigmoid weights are not")
                              + "; use relaxation softmax or dirichlet")
-        if self.compile and (self.relaxation == "dirichlet" or self.perturbation != "none"):
-            what = ("relaxation 'dirichlet'" if self.relaxation == "dirichlet"
+        if self.space == "nb201":
+            for key, off in (("partial_channels", 1), ("edge_normalization", False),
+                             ("aux_skip", None)):
+                if getattr(self, key) != off:
+                    raise ValueError(f"{key}={getattr(self, key)!r} does not apply to "
+                                     f"space='nb201' (the NB201 supernet has no such axis; "
+                                     f"method {self.method!r}); set {key}={off!r}")
+            if self.primitives is not None:
+                raise ValueError("primitives does not apply to space='nb201' (the NB201 "
+                                 "supernet runs its own 5 ops); drop it")
+        if self.compile and (self.relaxation in ("dirichlet", "gumbel")
+                             or self.perturbation != "none"):
+            what = (f"relaxation {self.relaxation!r}" if self.relaxation in ("dirichlet", "gumbel")
                     else f"perturbation {self.perturbation!r}")
             raise ValueError(f"compile=True with {what} is not supported: its noise is drawn "
                              "from a CPU generator inside the forward pass, which a full-graph "

@@ -142,7 +142,8 @@ def build_derivation(config):
         return None
     from ..space.derivation import Derivation
 
-    return Derivation(max_skips=config.max_skips, threshold=config.threshold)
+    capped = ("cell",) if config.space == "nb201" else ("normal",)  # NB201: its one cell
+    return Derivation(max_skips=config.max_skips, threshold=config.threshold, capped=capped)
 
 
 def supernet_options(config) -> Dict[str, Any]:

@@ -100,6 +100,13 @@ class DARTSOptimizer(Resumable):
             relaxation = methods.build_relaxation(cfg, seed)
         space = space_with_primitives(cfg, space)  # the ``primitives`` key (issue 20)
         self.user_model = model   # model=: search its Choices (fastnas.darts.model_search)
+        if model is not None:
+            for key, off in (("perturbation", "none"), ("max_skips", None), ("threshold", None),
+                             ("early_stop_skips", None), ("primitives", None)):
+                if getattr(cfg, key) != off:
+                    raise UserError(f"{key}={getattr(cfg, key)!r} (method {cfg.method!r}) does "
+                                    f"not apply to a search inside your model (model=): it reads "
+                                    f"the DARTS cell; set {key}={off!r}")
         build = build_supernet if model is None else search_model(model)
         self.model = build(
             cfg.supernet, C=cfg.channels, num_classes=cfg.num_classes, layers=cfg.layers,
@@ -396,8 +403,12 @@ class DARTSOptimizer(Resumable):
         limit = self.config.early_stop_skips
         if limit is None:
             return None
-        cell = genotype.normal if isinstance(genotype, Genotype) else [
-            edge for node in genotype.cells["normal"].nodes for edge in node]
+        if isinstance(genotype, NB201Cell):   # NB201: its one cell
+            cell = [(op, 0) for op in genotype.ops]
+        elif isinstance(genotype, Genotype):
+            cell = genotype.normal
+        else:
+            cell = [edge for node in genotype.cells["normal"].nodes for edge in node]
         skips = sum(op == SKIP for op, _ in cell)
         if skips < limit:
             return None

@@ -75,7 +75,8 @@ def build_supernet(supernet: str = "fast", *, C: int = 16, num_classes: int = 10
     if space is not None and is_nb201_space(space):  # issue 19: NAS-Bench-201's supernet
         return build_nb201_supernet(supernet, C=C, N=layers, num_classes=num_classes,
                                     in_channels=in_channels, checkpointing=checkpointing,
-                                    relaxation=relaxation)
+                                    relaxation=relaxation, partial_channels=partial_channels,
+                                    edge_normalization=edge_normalization, aux_skip=aux_skip)
     cls = SearchNetwork if supernet == "reference" else FastSearchNetwork
     return cls(C=C, num_classes=num_classes, layers=layers, num_nodes=num_nodes,
                multiplier=multiplier, in_channels=in_channels, checkpointing=checkpointing,

@@ -94,6 +94,9 @@ def load_search(folder: str) -> SearchRun:
     if "run" not in state or "config" not in state:
         raise UserError(f"{path} is not a checkpoint of the fastnas command line")
     method = state["run"].get("method", "darts")
+    if state.get("config", {}).get("space") == "nb201":
+        raise UserError(f"{path} is a search of the NB201 space: tune it against the table with "
+                        f"fastnas tune --space nb201 --objective table:cifar10")
     if method not in SPACES:
         raise UserError(f"{path}: cannot tune a {method!r} search")
     config = dict(state["config"], device="cpu")
