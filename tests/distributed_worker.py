@@ -23,7 +23,8 @@ from fastnas.errors import UserError  # noqa: E402
 DARTS = dict(channels=4, layers=3, num_classes=4, in_channels=1, num_nodes=2, device="cpu",
              seed=0, grad_clip=None, learning_rate_alpha=0.05)
 METHODS = {"drnas": dict(method="drnas", warmup_epochs=0),
-           "sdarts-adv": dict(method="sdarts-adv", pgd_steps=2)}
+           "sdarts-adv": dict(method="sdarts-adv", pgd_steps=2),
+           "gdas": dict(method="gdas")}
 ENAS = dict(channels=4, num_layers=3, num_nodes=2, num_classes=4, in_channels=1, device="cpu",
             seed=0, grad_clip=None, controller_samples=2)
 

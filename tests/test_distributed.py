@@ -201,7 +201,8 @@ def test_no_divergence_after_five_steps(key, ranks):
 
 @pytest.mark.parametrize("method", list(worker.METHODS))
 def test_no_divergence_with_a_darts_methods_noise(method, ranks):
-    """Issue 18: Dirichlet samples and SDARTS' attack are the same on every rank."""
+    """Issue 18: Dirichlet samples, SDARTS' attack and GDAS' Gumbel samples are the same on
+    every rank."""
     test_no_divergence_after_five_steps(f"same_{method}", ranks)
 
 

@@ -19,7 +19,9 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("method, extra", [("drnas", ["--warmup-epochs", "1"]),
-                                           ("sdarts-adv", ["--pgd-steps", "2"])])
+                                           ("sdarts-adv", ["--pgd-steps", "2"]),
+                                           ("gdas", []),
+                                           ("pc-darts", ["--warmup-epochs", "1"])])
 def test_sigkill_then_resume_is_bitwise_the_straight_search(method, extra, tmp_path, capsys):
     """The search killed (SIGKILL, tests/fault_runner.py) in its second epoch and resumed equals
     the straight search bitwise: weights, alphas, optimizers, the method's noise generators
