@@ -118,9 +118,27 @@ def make_step(method: str, supernet: str, batch_size: int):
     return step
 
 
+def make_optimizer_step(method: str, supernet: str, batch_size: int):
+    """``step()``: one ``DARTSOptimizer.step`` of the preset ``method`` (``--engine
+    optimizer``): every axis of the method, the relaxation's noise, its regularizers and
+    SDARTS' perturbation included, alphas not frozen (warm-up 0), same batch for both halves."""
+    from fastnas import DARTSOptimizer
+
+    opt = DARTSOptimizer(dict(method=method, supernet=supernet, channels=PAPER["C"],
+                              layers=PAPER["layers"], num_nodes=PAPER["num_nodes"],
+                              num_classes=PAPER["num_classes"], in_channels=3,
+                              batch_size=batch_size, warmup_epochs=0, seed=0, device="cpu"))
+    opt.model.set_epoch(0, 50)
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(batch_size, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g),
+             torch.randint(0, PAPER["num_classes"], (batch_size,), generator=g))
+    return lambda: opt.step(batch, batch)
+
+
 def run_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
-    step = make_step(spec["method"], spec["supernet"], spec["batch_size"])
+    make = make_optimizer_step if spec.get("engine") == "optimizer" else make_step
+    step = make(spec["method"], spec["supernet"], spec["batch_size"])
     step()                                            # warm-up
     peak, before, how, _ = measure_step_peak(step, torch.device("cpu"))
     times, cpu = [], []
@@ -143,7 +161,8 @@ def spawn(spec: dict) -> dict:
 
 
 def sweep(args) -> List[dict]:
-    specs = [dict(method=m, supernet=s, batch_size=b, steps=args.steps, threads=args.threads)
+    specs = [dict(method=m, supernet=s, batch_size=b, steps=args.steps, threads=args.threads,
+                  engine=args.engine)
              for b in args.batch_sizes for s in args.supernets for m in args.methods]
     rounds: List[List[dict]] = []
     for r in range(args.repeats):
@@ -190,7 +209,11 @@ def markdown(rows: List[dict]) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=None,
+                   help=f"default {list(METHODS)}; with --engine optimizer any preset")
+    p.add_argument("--engine", choices=["supernet", "optimizer"], default="supernet",
+                   help="supernet: the minimal step of the supernet axes (default); optimizer: "
+                        "DARTSOptimizer.step of each preset (every axis of the method)")
     p.add_argument("--supernets", nargs="+", default=["fast", "reference"],
                    choices=["fast", "reference"])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[16, 64])
@@ -202,6 +225,13 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return 0
+    from fastnas.darts.methods import METHODS as PRESET_NAMES
+
+    known = PRESET_NAMES if args.engine == "optimizer" else tuple(METHODS)
+    args.methods = list(known) if args.methods is None else args.methods
+    unknown = [m for m in args.methods if m not in known]
+    if unknown:
+        p.error(f"unknown methods {unknown} for --engine {args.engine}; known: {list(known)}")
     if "darts" not in args.methods:
         args.methods = ["darts", *args.methods]
     rows = sweep(args)
